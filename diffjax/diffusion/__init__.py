@@ -1,0 +1,25 @@
+"""Diffusion math as pure JAX functions: schedules, parameterizations, losses, samplers.
+
+This package imports nothing else of diffjax. Typical use::
+
+  from diffjax import diffusion
+  schedule = diffusion.get_schedule("cosine")
+  x0 = diffusion.sample(denoise_fn, schedule, shape, rng, sampler="ddim", num_steps=50)
+"""
+
+from diffjax.diffusion.guidance import classifier_free_guidance
+from diffjax.diffusion.losses import (T_SAMPLERS, WEIGHTINGS, denoising_loss, sample_t,
+                                      x0_mse, x0_weight)
+from diffjax.diffusion.parameterization import (NOISE_INPUTS, PREDICTION_KINDS,
+                                                EDMPreconditioning, Parameterization,
+                                                Prediction, convert, from_x0_eps,
+                                                get_parameterization, make_denoiser,
+                                                noise_level, parameterization_names, to_x0_eps)
+from diffjax.diffusion.samplers import (SAMPLERS, SPACINGS, TimeGrid, posterior_coefficients,
+                                        sample, time_grid)
+from diffjax.diffusion.schedules import (CosineSchedule, EDMSchedule, FlowSchedule,
+                                         LinearSchedule, Schedule, VESchedule, VPSchedule,
+                                         broadcast_to_rank, get_schedule, register_schedule,
+                                         schedule_names)
+
+sampler_names = tuple(SAMPLERS)

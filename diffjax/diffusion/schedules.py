@@ -1,0 +1,356 @@
+"""Noise schedules over continuous time.
+
+Every schedule describes the forward process ``x_t = alpha(t) * x0 + sigma(t) * eps`` for
+``t`` in ``[0, 1]`` (``t = 0`` is data, ``t = 1`` is the noise end) through one interface:
+
+* ``alpha(t)``, ``sigma(t)`` and ``logsnr(t) = log(alpha**2 / sigma**2)``;
+* ``t_from_logsnr(logsnr)``, the inverse, which samplers use to place steps in noise space
+  (EDM's rho spacing, stochastic churn) on any schedule;
+* ``t_max`` / ``t_min``: where sampling starts and ends. When ``sigma(t_min) > 0`` samplers add
+  one last jump to clean data (as EDM and score_sde do).
+
+Schedules are frozen dataclasses of floats, so they are hashable and can be static arguments of
+``jax.jit``. All methods are pure ``jax.numpy`` functions that broadcast over ``t``.
+
+References:
+  Ho et al. 2020 (DDPM, linear betas); Nichol & Dhariwal 2021 (cosine); Song et al. 2021
+  (VP/VE SDEs); Karras et al. 2022 (EDM); Lipman et al. 2023 / Liu et al. 2023 (flow matching /
+  rectified flow).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import math
+from typing import Callable, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_SCHEDULES: dict[str, type["Schedule"]] = {}
+
+
+def register_schedule(name: str) -> Callable[[type], type]:
+  """Class decorator adding a schedule to the name table used by `get_schedule`."""
+
+  def add(cls):
+    if name in _SCHEDULES:
+      raise ValueError(f"schedule {name!r} is already registered ({_SCHEDULES[name].__name__})")
+    _SCHEDULES[name] = cls
+    cls.name = name
+    return cls
+
+  return add
+
+
+def schedule_names() -> tuple[str, ...]:
+  return tuple(sorted(_SCHEDULES))
+
+
+def get_schedule(name: str, **kwargs) -> "Schedule":
+  """Builds a schedule by name, e.g. ``get_schedule("edm", sigma_max=80.0)``.
+
+  Raises:
+    ValueError: unknown name, unknown keyword, or an impossible parameter value.
+  """
+  if name not in _SCHEDULES:
+    raise ValueError(f"unknown schedule name {name!r}; allowed: {', '.join(schedule_names())}")
+  cls = _SCHEDULES[name]
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(
+        f"schedule {name!r} got unknown argument(s) {unknown}; allowed: {sorted(fields)}")
+  return cls(**kwargs)
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule(abc.ABC):
+  """Interface every schedule implements. Subclasses define the three abstract methods."""
+
+  name: ClassVar[str] = ""
+
+  @property
+  def t_max(self) -> float:
+    return 1.0
+
+  @property
+  def t_min(self) -> float:
+    return 0.0
+
+  @property
+  def num_timesteps(self) -> int | None:
+    """Length of the discrete training chain, or None for continuous-time schedules."""
+    return None
+
+  @abc.abstractmethod
+  def alpha_sigma(self, t) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(alpha(t), sigma(t))``, each with the shape of ``t``."""
+
+  @abc.abstractmethod
+  def logsnr(self, t) -> jax.Array:
+    """``log(alpha(t)**2 / sigma(t)**2)``: +inf at clean data, -inf at pure noise."""
+
+  @abc.abstractmethod
+  def t_from_logsnr(self, logsnr) -> jax.Array:
+    """Inverse of `logsnr`: the time at which the schedule reaches the given log-SNR."""
+
+  def alpha(self, t) -> jax.Array:
+    return self.alpha_sigma(t)[0]
+
+  def sigma(self, t) -> jax.Array:
+    return self.alpha_sigma(t)[1]
+
+  def sigma_tilde(self, t) -> jax.Array:
+    """``sigma / alpha = exp(-logsnr / 2)``: the noise level of ``x_t / alpha`` (EDM's sigma)."""
+    return jnp.exp(-0.5 * self.logsnr(t))
+
+  def t_from_sigma_tilde(self, sigma_tilde) -> jax.Array:
+    return self.t_from_logsnr(-2.0 * jnp.log(sigma_tilde))
+
+  def alpha_sigma_derivatives(self, t) -> tuple[jax.Array, jax.Array]:
+    """``(d alpha / dt, d sigma / dt)`` by forward-mode autodiff of `alpha_sigma`."""
+    t = jnp.asarray(t, jnp.float32)
+    _, tangents = jax.jvp(self.alpha_sigma, (t,), (jnp.ones_like(t),))
+    return tangents
+
+  def marginal(self, x0, eps, t):
+    """``x_t = alpha(t) x0 + sigma(t) eps`` with ``t`` of shape [batch] broadcast over x."""
+    alpha, sigma = self.alpha_sigma(t)
+    return broadcast_to_rank(alpha, x0) * x0 + broadcast_to_rank(sigma, x0) * eps
+
+
+def broadcast_to_rank(v, x):
+  """Reshapes a per-example array of shape [batch] to broadcast against ``x`` [batch, ...]."""
+  v = jnp.asarray(v)
+  return v.reshape(v.shape + (1,) * (jnp.ndim(x) - v.ndim))
+
+
+def _logsnr_from_log_alpha_sq(log_alpha_sq):
+  """log(a^2 / (1 - a^2)) from log(a^2), accurate at both ends of (0, 1]."""
+  return log_alpha_sq - jnp.log(-jnp.expm1(log_alpha_sq))
+
+
+@register_schedule("linear")
+@dataclasses.dataclass(frozen=True)
+class LinearSchedule(Schedule):
+  """DDPM's discrete chain with betas linear in the step index (Ho et al. 2020).
+
+  ``alpha_bar_n = prod_{i<=n} (1 - beta_i)`` for n = 1..N is computed in float64 and reached
+  exactly at ``t = n / N`` (``alpha(n/N)**2 == alpha_bar_n``); between grid points
+  ``log alpha_bar`` is interpolated linearly, which makes the schedule usable in continuous time.
+  """
+
+  beta_start: float = 1e-4
+  beta_end: float = 0.02
+  timesteps: int = 1000
+
+  def __post_init__(self):
+    _check(0.0 < self.beta_start <= self.beta_end < 1.0,
+           f"linear schedule needs 0 < beta_start <= beta_end < 1, got "
+           f"beta_start={self.beta_start}, beta_end={self.beta_end}")
+    _check(int(self.timesteps) == self.timesteps and self.timesteps >= 1,
+           f"linear schedule needs an integer timesteps >= 1, got {self.timesteps}")
+
+  @property
+  def num_timesteps(self) -> int:
+    return int(self.timesteps)
+
+  @functools.cached_property
+  def betas(self) -> np.ndarray:
+    """The float64 beta table of Ho et al., shape [N]."""
+    return np.linspace(self.beta_start, self.beta_end, self.num_timesteps, dtype=np.float64)
+
+  @functools.cached_property
+  def _log_alpha_bar_table(self) -> np.ndarray:
+    # Index n holds log(alpha_bar) at t = n / N; n = 0 is clean data (alpha_bar = 1).
+    return np.concatenate([[0.0], np.cumsum(np.log1p(-self.betas))])
+
+  def _log_alpha_sq(self, t):
+    grid = np.linspace(0.0, 1.0, self.num_timesteps + 1)
+    return jnp.interp(t, grid, self._log_alpha_bar_table)
+
+  def alpha_sigma(self, t):
+    log_a2 = self._log_alpha_sq(jnp.asarray(t, jnp.float32))
+    return jnp.exp(0.5 * log_a2), jnp.sqrt(-jnp.expm1(log_a2))
+
+  def logsnr(self, t):
+    return _logsnr_from_log_alpha_sq(self._log_alpha_sq(jnp.asarray(t, jnp.float32)))
+
+  def t_from_logsnr(self, logsnr):
+    log_a2 = jax.nn.log_sigmoid(jnp.asarray(logsnr, jnp.float32))
+    grid = np.linspace(0.0, 1.0, self.num_timesteps + 1)
+    # jnp.interp needs increasing sample points; log(alpha_bar) decreases with t.
+    return jnp.interp(-log_a2, -self._log_alpha_bar_table, grid)
+
+
+@register_schedule("cosine")
+@dataclasses.dataclass(frozen=True)
+class CosineSchedule(Schedule):
+  """Nichol & Dhariwal's cosine schedule in continuous time.
+
+  ``alpha_bar(t) = cos^2(phi(t)) / cos^2(phi(0))`` with ``phi(t) = (t + s) / (1 + s) * pi / 2``.
+  The log-SNR is floored at ``logsnr_min`` (-20 by default, about where the paper's
+  0.999-clipped discrete betas end) so that ``alpha(1) > 0`` and eps-prediction stays defined.
+  """
+
+  s: float = 0.008
+  logsnr_min: float = -20.0
+
+  def __post_init__(self):
+    _check(self.s >= 0.0, f"cosine schedule needs s >= 0, got s={self.s}")
+    _check(math.isfinite(self.logsnr_min),
+           f"cosine schedule needs a finite logsnr_min, got {self.logsnr_min}")
+
+  def _phi(self, t):
+    return (t + self.s) / (1.0 + self.s) * (math.pi / 2)
+
+  def logsnr(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    # phi0 goes through the same float32 arithmetic as phi, so that sin(phi - phi0) = 0 at t = 0.
+    phi, phi0 = self._phi(t), self._phi(jnp.zeros_like(t))
+    cos0_sq = jnp.cos(phi0) ** 2
+    alpha_bar = jnp.cos(phi) ** 2 / cos0_sq
+    # 1 - alpha_bar written as a product of sines: exact near t = 0 where alpha_bar -> 1.
+    one_minus = jnp.sin(phi - phi0) * jnp.sin(phi + phi0) / cos0_sq
+    raw = jnp.log(alpha_bar) - jnp.log(one_minus)
+    return jnp.maximum(raw, self.logsnr_min)
+
+  def alpha_sigma(self, t):
+    logsnr = self.logsnr(t)
+    return jnp.sqrt(jax.nn.sigmoid(logsnr)), jnp.sqrt(jax.nn.sigmoid(-logsnr))
+
+  def t_from_logsnr(self, logsnr):
+    logsnr = jnp.maximum(jnp.asarray(logsnr, jnp.float32), self.logsnr_min)
+    cos_phi = jnp.sqrt(jax.nn.sigmoid(logsnr)) * math.cos(self._phi(0.0))
+    t = jnp.arccos(cos_phi) / (math.pi / 2) * (1.0 + self.s) - self.s
+    return jnp.clip(t, 0.0, 1.0)
+
+
+@register_schedule("vp")
+@dataclasses.dataclass(frozen=True)
+class VPSchedule(Schedule):
+  """Song et al.'s VP-SDE with linear beta(t) = beta_min + t (beta_max - beta_min).
+
+  ``log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2``. Sampling ends at
+  ``t_min = eps`` (1e-3 in the paper) followed by a jump to clean data.
+  """
+
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  eps: float = 1e-3
+
+  def __post_init__(self):
+    _check(0.0 < self.beta_min < self.beta_max,
+           f"vp schedule needs 0 < beta_min < beta_max, got beta_min={self.beta_min}, "
+           f"beta_max={self.beta_max}")
+    _check(0.0 <= self.eps < 1.0, f"vp schedule needs 0 <= eps < 1, got eps={self.eps}")
+
+  @property
+  def t_min(self) -> float:
+    return float(self.eps)
+
+  def _log_alpha_sq(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    return -0.5 * t**2 * (self.beta_max - self.beta_min) - t * self.beta_min
+
+  def alpha_sigma(self, t):
+    log_a2 = self._log_alpha_sq(t)
+    return jnp.exp(0.5 * log_a2), jnp.sqrt(-jnp.expm1(log_a2))
+
+  def logsnr(self, t):
+    return _logsnr_from_log_alpha_sq(self._log_alpha_sq(t))
+
+  def t_from_logsnr(self, logsnr):
+    log_a2 = jax.nn.log_sigmoid(jnp.asarray(logsnr, jnp.float32))
+    d = self.beta_max - self.beta_min
+    # Positive root of d/2 t^2 + beta_min t + log_a2 = 0.
+    return (-self.beta_min + jnp.sqrt(self.beta_min**2 - 2.0 * d * log_a2)) / d
+
+
+@register_schedule("edm")
+@dataclasses.dataclass(frozen=True)
+class EDMSchedule(Schedule):
+  """Karras et al. 2022: alpha = 1 and sigma on the rho-spaced grid.
+
+  ``sigma(t) = (sigma_min^(1/rho) + t (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``, so uniform
+  steps in t are exactly the paper's time steps. The formula extends past [0, 1] to any
+  sigma > 0, which the log-normal training distribution needs.
+  """
+
+  sigma_min: float = 0.002
+  sigma_max: float = 80.0
+  rho: float = 7.0
+
+  def __post_init__(self):
+    _check(0.0 < self.sigma_min < self.sigma_max,
+           f"edm schedule needs 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
+           f"sigma_max={self.sigma_max}")
+    _check(self.rho > 0.0, f"edm schedule needs rho > 0, got rho={self.rho}")
+
+  def _sigma(self, t):
+    lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+    return jnp.maximum(lo + jnp.asarray(t, jnp.float32) * (hi - lo), 0.0) ** self.rho
+
+  def alpha_sigma(self, t):
+    sigma = self._sigma(t)
+    return jnp.ones_like(sigma), sigma
+
+  def logsnr(self, t):
+    return -2.0 * jnp.log(self._sigma(t))
+
+  def t_from_logsnr(self, logsnr):
+    sigma = jnp.exp(-0.5 * jnp.asarray(logsnr, jnp.float32))
+    lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+    return (sigma ** (1 / self.rho) - lo) / (hi - lo)
+
+
+@register_schedule("ve")
+@dataclasses.dataclass(frozen=True)
+class VESchedule(Schedule):
+  """Song et al.'s VE-SDE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+
+  def __post_init__(self):
+    _check(0.0 < self.sigma_min < self.sigma_max,
+           f"ve schedule needs 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
+           f"sigma_max={self.sigma_max}")
+
+  def alpha_sigma(self, t):
+    sigma = jnp.exp(self.logsnr(t) * -0.5)
+    return jnp.ones_like(sigma), sigma
+
+  def logsnr(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    return -2.0 * (math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min))
+
+  def t_from_logsnr(self, logsnr):
+    log_sigma = -0.5 * jnp.asarray(logsnr, jnp.float32)
+    return (log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+
+
+@register_schedule("flow")
+@dataclasses.dataclass(frozen=True)
+class FlowSchedule(Schedule):
+  """Rectified flow / flow matching (linear interpolation): alpha = 1 - t, sigma = t."""
+
+  def alpha_sigma(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    return 1.0 - t, t
+
+  def logsnr(self, t):
+    t = jnp.asarray(t, jnp.float32)
+    return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+  def t_from_logsnr(self, logsnr):
+    return jax.nn.sigmoid(-0.5 * jnp.asarray(logsnr, jnp.float32))
