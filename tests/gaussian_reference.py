@@ -19,7 +19,7 @@ class Gaussian:
   def __init__(self, dim: int = 3, seed: int = 0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
-    self.lam = np.linspace(0.05, 1.0, dim)
+    self.lam = np.linspace(0.25, 1.0, dim)
     self.u = q
     self.cov = (q * self.lam) @ q.T
     self.mu = rng.uniform(-0.5, 0.5, size=dim)
