@@ -1,0 +1,119 @@
+"""Diffusion Transformer (Peebles & Xie 2023): patchify, adaLN-Zero blocks, unpatchify.
+
+Maps ``(x [B, H, W, C], noise_level [B], labels [B] or None)`` to ``[B, H, W, out_channels]``.
+The conditioning vector ``c = noise embedding + label embedding`` regresses per-block shift,
+scale and gate; gates and the final projection are zero-initialised (adaLN-Zero), so each block
+starts as the identity and the network outputs zeros at initialisation.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from diffjax.models.layers import (Conv, Dense, Dtype, LabelEmbedding, NoiseEmbedding,
+                                   SelfAttention, layer_norm_no_affine,
+                                   sincos_2d_position_embedding)
+
+
+def _modulate(x, shift, scale):
+  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+class DiTBlock(nn.Module):
+  """Pre-norm transformer block with adaLN-Zero conditioning."""
+
+  hidden_size: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  attention_implementation: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, c):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    mod = Dense(6 * self.hidden_size, names=("embed", "mlp"), zero_init=True, name="adaln",
+                **kw)(nn.silu(c))
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+    h = _modulate(layer_norm_no_affine(x), shift_msa, scale_msa)
+    h = SelfAttention(self.num_heads, implementation=self.attention_implementation,
+                      name="attn", **kw)(h)
+    x = x + gate_msa[:, None, :] * h
+    h = _modulate(layer_norm_no_affine(x), shift_mlp, scale_mlp)
+    h = Dense(int(self.hidden_size * self.mlp_ratio), names=("embed", "mlp"), name="mlp_in",
+              **kw)(h)
+    h = Dense(self.hidden_size, names=("mlp", "embed"), name="mlp_out",
+              **kw)(nn.gelu(h, approximate=True))
+    return x + gate_mlp[:, None, :] * h
+
+
+class DiT(nn.Module):
+  """Diffusion Transformer.
+
+  Attributes:
+    patch_size: side of the square patches.
+    hidden_size: token width.
+    depth: number of blocks.
+    num_heads: attention heads.
+    mlp_ratio: MLP hidden width / hidden_size.
+    num_classes: classes for label conditioning (0 = unconditional).
+    class_dropout: probability of the null label in training (DiT: 0.1).
+    out_channels: output channels (default: input channels).
+    attention_implementation: passed to ``jax.nn.dot_product_attention`` (None, "xla", "cudnn").
+    dtype: compute dtype; param_dtype: parameter dtype.
+  """
+
+  patch_size: int = 2
+  hidden_size: int = 1152
+  depth: int = 28
+  num_heads: int = 16
+  mlp_ratio: float = 4.0
+  num_classes: int = 1000
+  class_dropout: float = 0.1
+  out_channels: int | None = None
+  attention_implementation: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, noise_level, labels=None, *, train: bool = False):
+    """Args: x [B, H, W, C]; noise_level [B]; labels [B] int or None; train enables label drop.
+
+    Returns: [B, H, W, out_channels] in ``dtype``.
+    """
+    if x.ndim != 4:
+      raise ValueError(f"DiT expects NHWC input, got shape {x.shape}")
+    b, height, width, channels = x.shape
+    p = self.patch_size
+    if height % p or width % p:
+      raise ValueError(f"DiT with patch_size={p} needs H and W divisible by {p}, "
+                       f"got {(height, width)}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    gh, gw = height // p, width // p
+    tokens = Conv(self.hidden_size, kernel_size=p, strides=p, padding="VALID", name="patch_embed",
+                  **kw)(x.astype(self.dtype))
+    tokens = tokens.reshape(b, gh * gw, self.hidden_size)
+    pos = sincos_2d_position_embedding(gh, gw, self.hidden_size)
+    tokens = tokens + jnp.asarray(pos, self.dtype)[None]
+
+    std02 = nn.initializers.normal(0.02)
+    c = NoiseEmbedding(self.hidden_size, 256, init=std02, name="noise_embed", **kw)(noise_level)
+    if self.num_classes:
+      if labels is None:
+        raise ValueError("this DiT is class-conditional (num_classes > 0): pass labels")
+      c = c + LabelEmbedding(self.num_classes, self.hidden_size, self.class_dropout,
+                             name="label_embed", **kw)(labels, train)
+
+    for i in range(self.depth):
+      tokens = DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio,
+                        self.attention_implementation, name=f"block_{i}", **kw)(tokens, c)
+
+    out_ch = self.out_channels or channels
+    shift, scale = jnp.split(Dense(2 * self.hidden_size, names=("embed", "mlp"), zero_init=True,
+                                   name="final_adaln", **kw)(nn.silu(c)), 2, axis=-1)
+    tokens = _modulate(layer_norm_no_affine(tokens), shift, scale)
+    tokens = Dense(p * p * out_ch, names=("embed", None), zero_init=True, name="final_proj",
+                   **kw)(tokens)
+    out = tokens.reshape(b, gh, gw, p, p, out_ch).transpose(0, 1, 3, 2, 4, 5)
+    return out.reshape(b, height, width, out_ch)

@@ -1,0 +1,208 @@
+"""Building blocks shared by the networks.
+
+Every parameter carries logical axis names (flax ``nn.with_logical_partitioning``), which the
+parallel layer maps to mesh axes by rules from the config, so sharding changes never touch
+model code. The names used:
+
+  ``embed``     model width (DiT hidden size, embedding width)
+  ``mlp``       MLP hidden width
+  ``heads``     attention projection width (heads x head_dim)
+  ``conv_in``   convolution input channels;  ``conv_out`` convolution output channels
+  ``vocab``     rows of the class-label table
+  ``norm``      normalisation scales and biases
+
+Compute runs in ``dtype``; parameters are stored in ``param_dtype`` (float32). Normalisation
+statistics and softmax are computed in float32 whatever ``dtype`` is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+xavier_uniform = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+
+
+def partitioned(init, names: Sequence[str | None]):
+  """An initialiser whose parameter carries logical axis names."""
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+class Dense(nn.Module):
+  """``nn.Dense`` with logical axis names ``(in_name, out_name)``."""
+
+  features: int
+  names: tuple[str | None, str | None] = ("embed", "mlp")
+  zero_init: bool = False
+  kernel_init: Any = xavier_uniform
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = zeros if self.zero_init else self.kernel_init
+    return nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    kernel_init=partitioned(init, self.names),
+                    bias_init=partitioned(zeros, self.names[1:]), name="dense")(x)
+
+
+class Conv(nn.Module):
+  """NHWC ``nn.Conv`` with logical names ``(None, None, "conv_in", "conv_out")``."""
+
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: Any = "SAME"
+  zero_init: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = zeros if self.zero_init else xavier_uniform
+    k = self.kernel_size
+    return nn.Conv(self.features, (k, k), strides=(self.strides, self.strides),
+                   padding=self.padding, dtype=self.dtype, param_dtype=self.param_dtype,
+                   kernel_init=partitioned(init, (None, None, "conv_in", "conv_out")),
+                   bias_init=partitioned(zeros, ("conv_out",)), name="conv")(x)
+
+
+class GroupNorm(nn.Module):
+  """Group normalisation computed in float32, returned in ``dtype``."""
+
+  num_groups: int = 32
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    groups = math.gcd(self.num_groups, x.shape[-1])  # tiny test widths need fewer groups
+    y = nn.GroupNorm(num_groups=groups, epsilon=self.epsilon, dtype=jnp.float32,
+                     param_dtype=self.param_dtype,
+                     scale_init=partitioned(nn.initializers.ones, ("norm",)),
+                     bias_init=partitioned(zeros, ("norm",)), name="norm")(x)
+    return y.astype(self.dtype)
+
+
+def layer_norm_no_affine(x, epsilon: float = 1e-6):
+  """LayerNorm without scale and bias (DiT's adaLN blocks), in float32."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + epsilon)).astype(x.dtype)
+
+
+def sinusoidal_embedding(noise_level, dim: int, max_period: float = 10000.0):
+  """Transformer-style embedding of a per-example scalar (ADM/DiT layout: [cos, sin]).
+
+  Args:
+    noise_level: [batch] float.
+    dim: embedding width (even).
+
+  Returns:
+    [batch, dim] float32.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(noise_level, jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class NoiseEmbedding(nn.Module):
+  """Sinusoidal features of the noise level followed by a two-layer MLP."""
+
+  features: int
+  frequency_dim: int
+  init: Any = xavier_uniform
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, noise_level):
+    h = sinusoidal_embedding(noise_level, self.frequency_dim).astype(self.dtype)
+    kw = dict(kernel_init=self.init, dtype=self.dtype, param_dtype=self.param_dtype)
+    h = Dense(self.features, names=(None, "mlp"), name="fc1", **kw)(h)
+    return Dense(self.features, names=("mlp", "embed"), name="fc2", **kw)(nn.silu(h))
+
+
+class LabelEmbedding(nn.Module):
+  """Class-label table with one extra "null" row (index ``num_classes``) for classifier-free
+  guidance. In training, labels are replaced by the null class with probability
+  ``dropout_prob`` (rng stream ``"dropout"``)."""
+
+  num_classes: int
+  features: int
+  dropout_prob: float = 0.0
+  param_dtype: Dtype = jnp.float32
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, labels, train: bool):
+    labels = jnp.asarray(labels, jnp.int32)
+    if train and self.dropout_prob > 0:
+      drop = jax.random.bernoulli(self.make_rng("dropout"), self.dropout_prob, labels.shape)
+      labels = jnp.where(drop, self.num_classes, labels)
+    table = self.param("embedding", partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
+                       (self.num_classes + 1, self.features), self.param_dtype)
+    return jnp.take(table, labels, axis=0).astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention over tokens [batch, tokens, width].
+
+  Uses ``jax.nn.dot_product_attention`` so XLA/cuDNN can pick a fused kernel
+  (``implementation`` None lets JAX choose; "cudnn" forces flash attention on GPU).
+  """
+
+  num_heads: int
+  zero_init_out: bool = False
+  implementation: str | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    batch, tokens, width = x.shape
+    if width % self.num_heads:
+      raise ValueError(f"attention width {width} is not divisible by num_heads={self.num_heads}")
+    head_dim = width // self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    split = lambda y: y.reshape(batch, tokens, self.num_heads, head_dim)
+    q = split(Dense(width, names=("embed", "heads"), name="query", **kw)(x))
+    k = split(Dense(width, names=("embed", "heads"), name="key", **kw)(x))
+    v = split(Dense(width, names=("embed", "heads"), name="value", **kw)(x))
+    out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    out = out.reshape(batch, tokens, width)
+    return Dense(width, names=("heads", "embed"), zero_init=self.zero_init_out, name="out",
+                 **kw)(out)
+
+
+def sincos_2d_position_embedding(height: int, width: int, dim: int) -> np.ndarray:
+  """Fixed 2-D sine-cosine position embedding [height * width, dim] (MAE/DiT layout)."""
+  if dim % 4:
+    raise ValueError(f"2-D position embedding needs a width divisible by 4, got {dim}")
+
+  def one_axis(positions, d):
+    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    out = positions.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  gy, gx = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64),
+                       indexing="ij")
+  # DiT builds the grid with w first; keep the same half order (x then y).
+  return np.concatenate([one_axis(gx, dim // 2), one_axis(gy, dim // 2)], axis=1).astype(
+      np.float32)
