@@ -1,0 +1,15 @@
+"""Test-session setup. Runs before JAX is imported by any test module.
+
+* CPU only, with 8 virtual devices so sharding tests can build meshes in-process.
+* A persistent compilation cache shared by this session's subprocesses (end-to-end runs of
+  launch.py compile the same programs as in-process tests).
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("DIFFJAX_TEST_CACHE", tempfile.mkdtemp(prefix="diffjax-test-cache-"))
