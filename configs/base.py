@@ -1,0 +1,103 @@
+"""Shared defaults for every experiment. Experiment files call `get_base_config()` and change
+what they need; `--config.a.b=value` overrides any field from the command line (a misspelt
+field is an error: the config is locked).
+
+Sections: data, model, diffusion, optim, train, sample, checkpoint, logging, mesh.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment = "unnamed"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "digits"  # digits | tfds | array_record
+  c.data.name = ""  # TFDS dataset name (source=tfds), e.g. "cifar10"
+  c.data.split = "train"
+  c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
+  c.data.path = ""  # ArrayRecord file, glob or folder (source=array_record)
+  c.data.image_key = "image"
+  c.data.label_key = "label"
+  c.data.image_size = 8  # images are centre-cropped to square and resized to this
+  c.data.channels = 1
+  c.data.num_classes = 10
+  c.data.random_flip = False
+  c.data.batch_size = 128  # global, over all processes and devices
+  c.data.num_workers = 0  # Grain worker processes per host (0 = in the main process)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "unet-digits"  # a variant name from diffjax.models
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.model.conditional = True  # condition on data labels (null class = num_classes)
+  c.model.kwargs = ml_collections.ConfigDict()  # field overrides of the variant
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "cosine"
+  c.diffusion.schedule_kwargs = ml_collections.ConfigDict()
+  c.diffusion.parameterization = "eps"  # eps | x0 | v | flow | edm
+  c.diffusion.parameterization_kwargs = ml_collections.ConfigDict()
+  c.diffusion.weighting = "simple"  # simple | x0 | snr | min_snr | edm
+  c.diffusion.min_snr_gamma = 5.0
+  c.diffusion.t_sampler = "uniform"  # uniform | lognormal | logit_normal
+  c.diffusion.t_sampler_kwargs = ml_collections.ConfigDict()
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"  # adam | adamw
+  c.optim.lr = 2e-4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "constant"  # constant | cosine (after warm-up)
+  c.optim.grad_clip = 1.0  # global-norm clipping; 0 disables
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000
+  c.train.ema_decay = 0.9999
+  c.train.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.sampler = "ddim"
+  c.sample.num_steps = 50
+  c.sample.spacing = "uniform"
+  c.sample.options = ml_collections.ConfigDict()  # sampler options, e.g. eta, s_churn
+  c.sample.guidance_scale = 1.0  # classifier-free guidance (1 = none)
+  c.sample.num_images = 64  # images in a grid / in --mode sample
+  c.sample.every_steps = 0  # sample grid during training (0 = only at the end)
+  c.sample.upscale = 1  # nearest-neighbour upscaling of grid images (small images)
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.keep = 3  # latest checkpoints kept
+  c.checkpoint.best_metric = ""  # also keep the best checkpoint by this logged metric
+  c.checkpoint.best_mode = "min"  # min | max
+  c.checkpoint.async_save = True
+
+  c.logging = ml_collections.ConfigDict()
+  c.logging.log_every = 50
+  c.logging.tensorboard = True
+
+  c.mesh = ml_collections.ConfigDict()
+  # Device mesh: one size per axis, -1 fills the remaining devices.
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a laptop-sized smoke run (the `:tiny` config argument)."""
+  c.train.num_steps = min(c.train.num_steps, 20)
+  c.data.batch_size = min(c.data.batch_size, 16)
+  c.data.num_workers = 0
+  c.sample.num_steps = min(c.sample.num_steps, 8)
+  c.sample.num_images = min(c.sample.num_images, 16)
+  c.sample.every_steps = 0
+  c.checkpoint.every_steps = 10
+  c.logging.log_every = 5
+  c.model.dtype = "float32"
+  return c

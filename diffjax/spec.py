@@ -1,0 +1,308 @@
+"""The experiment specification: a validated, typed view of a config, built once at job start.
+
+Only jobs read a ConfigDict; they call `build_spec` first, which checks every field (names
+against the registries, value ranges, batch divisibility by devices and processes) and raises
+one `ConfigError` listing every problem with the field it concerns, before any compute.
+Everything below the jobs takes these frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+from diffjax import diffusion, models
+
+DATA_SOURCES = ("digits", "tfds", "array_record")
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+DTYPES = ("float32", "bfloat16")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names each offending field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  source: str
+  name: str
+  split: str
+  data_dir: str
+  path: str
+  image_key: str
+  label_key: str
+  image_size: int
+  channels: int
+  num_classes: int
+  random_flip: bool
+  batch_size: int
+  num_workers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  name: str
+  dtype: str
+  conditional: bool
+  kwargs: tuple[tuple[str, Any], ...]
+
+  def build(self, num_classes: int):
+    """The Flax module, with label conditioning wired to the dataset's classes."""
+    import jax.numpy as jnp  # local: keeps this module importable without touching devices
+    kwargs = dict(self.kwargs)
+    kwargs["num_classes"] = num_classes if self.conditional else 0
+    kwargs["dtype"] = jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+    return models.get_model(self.name, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionSpec:
+  schedule: diffusion.Schedule
+  parameterization: diffusion.Parameterization
+  weighting: str
+  min_snr_gamma: float
+  t_sampler: str
+  t_sampler_options: tuple[tuple[str, Any], ...]
+
+  @property
+  def sigma_data(self) -> float:
+    return getattr(self.parameterization, "sigma_data", 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+  name: str
+  lr: float
+  b1: float
+  b2: float
+  eps: float
+  weight_decay: float
+  warmup_steps: int
+  schedule: str
+  grad_clip: float
+  total_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  num_steps: int
+  ema_decay: float
+  ema_warmup: bool
+  seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSpec:
+  sampler: str
+  num_steps: int
+  spacing: str
+  options: tuple[tuple[str, Any], ...]
+  guidance_scale: float
+  num_images: int
+  every_steps: int
+  upscale: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+  every_steps: int
+  keep: int
+  best_metric: str
+  best_mode: str
+  async_save: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSpec:
+  log_every: int
+  tensorboard: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  shape: tuple[tuple[str, int], ...]  # (axis name, size or -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentSpec:
+  experiment: str
+  data: DataSpec
+  model: ModelSpec
+  diffusion: DiffusionSpec
+  optim: OptimSpec
+  train: TrainSpec
+  sample: SampleSpec
+  checkpoint: CheckpointSpec
+  logging: LoggingSpec
+  mesh: MeshSpec
+
+
+class _Checker:
+  """Collects every problem instead of stopping at the first."""
+
+  def __init__(self):
+    self.errors: list[str] = []
+
+  def require(self, ok: bool, field: str, message: str) -> bool:
+    if not ok:
+      self.errors.append(f"config.{field}: {message}")
+    return ok
+
+  def attempt(self, field: str, fn: Callable[[], Any]) -> Any:
+    try:
+      return fn()
+    except (ValueError, TypeError) as e:
+      self.errors.append(f"config.{field}: {e}")
+      return None
+
+  def one_of(self, value, allowed, field: str) -> bool:
+    return self.require(value in allowed, field,
+                        f"got {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+  def positive_int(self, value, field: str, minimum: int = 1) -> bool:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    return self.require(ok, field, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _items(section) -> tuple[tuple[str, Any], ...]:
+  return tuple(sorted(section.to_dict().items())) if section is not None else ()
+
+
+def mesh_size(mesh: MeshSpec, num_devices: int) -> dict[str, int]:
+  """Resolves -1 in the mesh shape; raises ConfigError when it cannot cover the devices."""
+  sizes = dict(mesh.shape)
+  fill = [a for a, s in sizes.items() if s == -1]
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  if len(fill) > 1:
+    raise ConfigError(f"at most one mesh axis may be -1, got {fill}")
+  if fill:
+    if num_devices % fixed:
+      raise ConfigError(f"fixed mesh axes multiply to {fixed}, which does not divide "
+                        f"the {num_devices} devices")
+    sizes[fill[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    raise ConfigError(f"mesh {sizes} covers {math.prod(sizes.values())} devices, "
+                      f"but {num_devices} are present")
+  return sizes
+
+
+def build_spec(config, *, num_devices: int = 1, num_processes: int = 1) -> ExperimentSpec:
+  """Validates a config and returns its typed spec.
+
+  Args:
+    config: the experiment ConfigDict (see configs/base.py).
+    num_devices: global device count (batch divisibility, mesh).
+    num_processes: process count (per-process batch).
+
+  Raises:
+    ConfigError: listing every invalid field.
+  """
+  ck = _Checker()
+  d = config.data
+  ck.one_of(d.source, DATA_SOURCES, "data.source")
+  if d.source == "tfds":
+    ck.require(bool(d.name), "data.name", "source=tfds needs a TFDS dataset name, e.g. 'cifar10'")
+  if d.source == "array_record":
+    ck.require(bool(d.path), "data.path", "source=array_record needs a file, glob or folder")
+  ck.positive_int(d.image_size, "data.image_size")
+  ck.require(d.channels in (1, 3), "data.channels", f"must be 1 or 3, got {d.channels!r}")
+  ck.positive_int(d.num_classes, "data.num_classes", minimum=0)
+  ck.positive_int(d.num_workers, "data.num_workers", minimum=0)
+  if ck.positive_int(d.batch_size, "data.batch_size"):
+    ck.require(d.batch_size % num_processes == 0, "data.batch_size",
+               f"{d.batch_size} is not divisible by the {num_processes} processes")
+  data = DataSpec(d.source, d.name, d.split, d.data_dir, d.path, d.image_key, d.label_key,
+                  d.image_size, d.channels, d.num_classes, bool(d.random_flip), d.batch_size,
+                  d.num_workers)
+
+  m = config.model
+  ck.one_of(m.dtype, DTYPES, "model.dtype")
+  if m.conditional:
+    ck.require(d.num_classes > 0, "model.conditional",
+               "a conditional model needs data.num_classes > 0")
+  model = ModelSpec(m.name, m.dtype, bool(m.conditional), _items(m.kwargs))
+  if ck.one_of(m.name, models.variant_names(), "model.name"):
+    ck.attempt("model.kwargs", lambda: model.build(d.num_classes if m.conditional else 0))
+
+  df = config.diffusion
+  schedule = ck.attempt("diffusion.schedule",
+                        lambda: diffusion.get_schedule(df.schedule, **df.schedule_kwargs))
+  param = ck.attempt("diffusion.parameterization", lambda: diffusion.get_parameterization(
+      df.parameterization, **df.parameterization_kwargs))
+  ck.one_of(df.weighting, diffusion.WEIGHTINGS, "diffusion.weighting")
+  ck.require(df.min_snr_gamma > 0, "diffusion.min_snr_gamma",
+             f"must be > 0, got {df.min_snr_gamma}")
+  if ck.one_of(df.t_sampler, diffusion.T_SAMPLERS, "diffusion.t_sampler") and schedule:
+    import jax  # the check draws nothing; it only validates the option names
+    ck.attempt("diffusion.t_sampler_kwargs", lambda: jax.eval_shape(
+        lambda k: diffusion.sample_t(k, 2, schedule, df.t_sampler, **df.t_sampler_kwargs),
+        jax.random.PRNGKey(0)))
+  diff = DiffusionSpec(schedule, param, df.weighting, float(df.min_snr_gamma), df.t_sampler,
+                       _items(df.t_sampler_kwargs))
+
+  o, t = config.optim, config.train
+  ck.one_of(o.name, OPTIMIZERS, "optim.name")
+  ck.one_of(o.schedule, LR_SCHEDULES, "optim.schedule")
+  ck.require(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+  ck.require(0 <= o.b1 < 1, "optim.b1", f"must be in [0, 1), got {o.b1}")
+  ck.require(0 <= o.b2 < 1, "optim.b2", f"must be in [0, 1), got {o.b2}")
+  ck.require(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
+  ck.require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+  ck.require(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {o.grad_clip}")
+  ck.positive_int(o.warmup_steps, "optim.warmup_steps", minimum=0)
+  ck.positive_int(t.num_steps, "train.num_steps")
+  ck.require(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
+  optim = OptimSpec(o.name, float(o.lr), float(o.b1), float(o.b2), float(o.eps),
+                    float(o.weight_decay), o.warmup_steps, o.schedule, float(o.grad_clip),
+                    t.num_steps)
+  train = TrainSpec(t.num_steps, float(t.ema_decay), bool(t.ema_warmup), config.seed)
+
+  s = config.sample
+  ck.one_of(s.sampler, tuple(diffusion.SAMPLERS), "sample.sampler")
+  ck.one_of(s.spacing, diffusion.SPACINGS, "sample.spacing")
+  ck.positive_int(s.num_steps, "sample.num_steps")
+  ck.positive_int(s.num_images, "sample.num_images")
+  ck.positive_int(s.every_steps, "sample.every_steps", minimum=0)
+  ck.positive_int(s.upscale, "sample.upscale")
+  ck.require(s.guidance_scale >= 0, "sample.guidance_scale",
+             f"must be >= 0, got {s.guidance_scale}")
+  if s.guidance_scale != 1.0:
+    ck.require(bool(m.conditional), "sample.guidance_scale",
+               "classifier-free guidance needs a conditional model (model.conditional=True)")
+  if s.sampler in diffusion.SAMPLERS:
+    allowed = diffusion.SAMPLERS[s.sampler][1]
+    unknown = sorted(set(s.options.to_dict()) - set(allowed))
+    ck.require(not unknown, "sample.options",
+               f"sampler {s.sampler!r} has no option(s) {unknown}; allowed: {sorted(allowed)}")
+  sample = SampleSpec(s.sampler, s.num_steps, s.spacing, _items(s.options),
+                      float(s.guidance_scale), s.num_images, s.every_steps, s.upscale)
+
+  c = config.checkpoint
+  ck.positive_int(c.every_steps, "checkpoint.every_steps")
+  ck.positive_int(c.keep, "checkpoint.keep")
+  ck.one_of(c.best_mode, ("min", "max"), "checkpoint.best_mode")
+  checkpoint = CheckpointSpec(c.every_steps, c.keep, c.best_metric, c.best_mode,
+                              bool(c.async_save))
+  ck.positive_int(config.logging.log_every, "logging.log_every")
+  logging_spec = LoggingSpec(config.logging.log_every, bool(config.logging.tensorboard))
+
+  mesh = MeshSpec(tuple((a, config.mesh[a]) for a in MESH_AXES))
+  for axis in MESH_AXES:
+    size = config.mesh[axis]
+    ck.require(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}",
+               f"must be a positive integer or -1, got {size!r}")
+  if not ck.errors:
+    sizes = ck.attempt("mesh", lambda: mesh_size(mesh, num_devices))
+    if sizes:
+      batch_devices = sizes["data"] * sizes["fsdp"]
+      ck.require(d.batch_size % batch_devices == 0, "data.batch_size",
+                 f"{d.batch_size} is not divisible by the {batch_devices} devices of the "
+                 f"mesh's data and fsdp axes")
+
+  if ck.errors:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(ck.errors))
+  return ExperimentSpec(config.experiment, data, model, diff, optim, train, sample, checkpoint,
+                        logging_spec, mesh)
