@@ -1,0 +1,34 @@
+"""What `launch.py` calls: the job table, distributed start-up and sweeps."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def _train(config, workdir):
+  from diffjax.train import train
+  return train(config, workdir)
+
+
+def _sample(config, workdir):
+  from diffjax.sample import sample
+  return sample(config, workdir)
+
+
+JOBS = {"train": _train, "sample": _sample}
+
+
+def run(mode: str, config, workdir: str):
+  if mode not in JOBS:
+    raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(JOBS)}")
+  return JOBS[mode](config, workdir)
+
+
+def start_distributed(mode, coordinator_address, num_processes, process_id) -> bool:
+  from diffjax.parallel import distributed
+  return distributed.initialize(mode, coordinator_address, num_processes, process_id)
+
+
+def run_sweep(config_flag, workdir: str, *, dry_run: bool, argv: list[str]):
+  sweep = importlib.import_module("diffjax.sweep")
+  return sweep.run(config_flag, workdir, dry_run=dry_run, argv=argv)

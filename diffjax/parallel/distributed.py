@@ -1,0 +1,39 @@
+"""Multi-process start-up: ``jax.distributed.initialize`` when the job spans several processes."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def cluster_detected() -> bool:
+  """True on a multi-host Cloud TPU slice or a multi-task SLURM job (JAX discovers both)."""
+  hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+  try:
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+  except ValueError:
+    slurm_tasks = 1
+  return len(hosts) > 1 or slurm_tasks > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+
+
+def initialize(mode: str = "auto", coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None) -> bool:
+  """Starts the distributed runtime if needed; returns whether it did.
+
+  Args:
+    mode: ``"auto"`` (when coordinator flags are given or a cluster is detected), ``"on"`` or
+      ``"off"``.
+    coordinator_address, num_processes, process_id: explicit values for clusters JAX does not
+      discover by itself (None lets JAX detect them).
+  """
+  if mode not in ("auto", "on", "off"):
+    raise ValueError(f"distributed mode must be auto, on or off, got {mode!r}")
+  explicit = coordinator_address is not None or (num_processes or 1) > 1
+  if mode == "off" or (mode == "auto" and not explicit and not cluster_detected()):
+    return False
+  # CPU processes need a collectives backend to talk to each other (no effect on GPU/TPU).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  return True

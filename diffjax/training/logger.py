@@ -1,0 +1,92 @@
+"""Metrics output: ``metrics.jsonl``, TensorBoard event files (tensorboardX, no TensorFlow) and
+a progress line with throughput and ETA. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Mapping
+
+
+class MetricsWriter:
+  """Appends ``{"step": k, name: value, ...}`` lines to ``<workdir>/metrics.jsonl`` and writes
+  the same scalars to ``<workdir>/tensorboard``."""
+
+  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True,
+               tensorboard: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+  """Throughput between calls and the time left to ``total`` steps."""
+
+  def __init__(self, start_step: int, total: int, batch_size: int, *, enabled: bool = True,
+               stream=None):
+    self.total, self.batch_size, self.enabled = total, batch_size, enabled
+    self.stream = stream or sys.stdout
+    self._last_step, self._last_time = start_step, time.perf_counter()
+
+  def update(self, step: int) -> dict[str, float]:
+    """Returns ``steps_per_sec`` and ``images_per_sec`` since the previous update."""
+    now = time.perf_counter()
+    dt = max(now - self._last_time, 1e-9)
+    rate = (step - self._last_step) / dt
+    self._last_step, self._last_time = step, now
+    return {"steps_per_sec": rate, "images_per_sec": rate * self.batch_size}
+
+  def line(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    rate = scalars.get("steps_per_sec", float("nan"))
+    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    shown = " ".join(f"{k} {v:.4g}" for k, v in scalars.items()
+                     if k not in ("steps_per_sec", "images_per_sec"))
+    print(f"step {step}/{self.total} {shown} | {rate:.2f} steps/s "
+          f"{scalars.get('images_per_sec', float('nan')):.0f} img/s | ETA {format_duration(eta)}",
+          file=self.stream, flush=True)

@@ -1,0 +1,45 @@
+"""Builds the model, optimiser and (sharded) train state of an experiment spec; shared by the
+train, sample and evaluation jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import optax
+
+from diffjax.parallel import logical_shardings
+from diffjax.spec import ExperimentSpec
+from diffjax.training.optim import make_optimizer
+from diffjax.training.state import TrainState, create_train_state
+
+
+@dataclasses.dataclass
+class StateSetup:
+  model: nn.Module
+  optimizer: optax.GradientTransformation
+  lr_schedule: Callable
+  abstract: TrainState  # ShapeDtypeStructs carrying their target shardings
+  shardings: Any  # TrainState of NamedShardings
+  boxed: TrainState  # abstract state with logical axis names (for reporting)
+  init: Callable  # jitted: rng -> TrainState, created directly in its shardings
+
+
+def image_shape(spec: ExperimentSpec) -> tuple[int, int, int]:
+  return (spec.data.image_size, spec.data.image_size, spec.data.channels)
+
+
+def setup_state(spec: ExperimentSpec, mesh, rules) -> StateSetup:
+  model = spec.model.build(spec.data.num_classes)
+  optimizer, lr_schedule = make_optimizer(spec.optim)
+  create = functools.partial(create_train_state, model=model, optimizer=optimizer,
+                             example_shape=image_shape(spec), conditional=spec.model.conditional)
+  boxed = jax.eval_shape(create, jax.random.PRNGKey(0))
+  shardings = logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  init = jax.jit(lambda rng: nn.meta.unbox(create(rng)), out_shardings=shardings)
+  return StateSetup(model, optimizer, lr_schedule, abstract, shardings, boxed, init)

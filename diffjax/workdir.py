@@ -1,0 +1,74 @@
+"""The run folder: everything a run writes lives under it, and a second launch resumes it.
+
+``<workdir>/config.json`` records the resolved config of the first launch. A later launch may
+change how the run is driven (steps, logging, checkpoint cadence, sampling, mesh, workers) but
+not what is trained: a config that differs in data, model, diffusion, optimiser or seed is
+refused with the differing fields named, so an experiment is never silently continued as
+another one.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from diffjax.spec import ConfigError
+
+# Fields that may differ between launches on the same workdir (prefix match).
+_DRIVING_FIELDS = ("train.num_steps", "logging.", "checkpoint.", "sample.", "mesh.",
+                   "data.num_workers", "data.data_dir", "data.path", "experiment", "eval.",
+                   "faults.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def identity_differences(saved: dict, current: dict) -> list[str]:
+  """Fields that define the experiment and differ between two config dicts."""
+  a, b = _flatten(saved), _flatten(current)
+  diffs = []
+  for key in sorted(set(a) | set(b)):
+    if key.startswith(_DRIVING_FIELDS):
+      continue
+    if a.get(key, "<absent>") != b.get(key, "<absent>"):
+      diffs.append(f"{key}: workdir has {a.get(key, '<absent>')!r}, "
+                   f"this launch has {b.get(key, '<absent>')!r}")
+  return diffs
+
+
+def prepare(workdir: str | pathlib.Path, config, *, write: bool = True) -> pathlib.Path:
+  """Creates the workdir (checking it is writable), and saves or checks ``config.json``.
+
+  Raises:
+    ConfigError: the workdir holds a different experiment, or cannot be written.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  current = json.loads(config.to_json_best_effort())
+  path = workdir / "config.json"
+  if path.exists():
+    try:
+      saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{path} is not valid JSON ({e}); move it away to start afresh") from e
+    diffs = identity_differences(saved, current)
+    if diffs:
+      raise ConfigError(f"workdir {workdir} holds a different experiment; use another "
+                        f"--workdir or the original config. Differences:\n  " +
+                        "\n  ".join(diffs))
+  if write:
+    try:
+      workdir.mkdir(parents=True, exist_ok=True)
+      tmp = workdir / "config.json.tmp"
+      tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+      tmp.replace(path)
+    except OSError as e:
+      raise ConfigError(f"cannot write to workdir {workdir}: {e}") from e
+  return workdir

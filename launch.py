@@ -1,0 +1,71 @@
+"""diffjax's one entry point: flags -> config -> job.
+
+  python launch.py --config configs/default.py --workdir runs/default
+  python launch.py --config configs/cifar10_ddpm.py:tiny --workdir runs/c10 --config.optim.lr=1e-4
+  python launch.py --config configs/default.py --workdir runs/default --mode sample
+  python launch.py --config configs/default.py --workdir runs/sweep --sweep [--dry_run]
+
+Run the same command on every host of a TPU pod (or every task of a SLURM job): the
+distributed runtime starts by itself there; elsewhere pass --coordinator_address,
+--num_processes and --process_id.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from diffjax.spec import ConfigError
+
+config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, samples (resumes if present)")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "job to run")
+flags.DEFINE_bool("sweep", False, "run every point of the config file's get_sweep()")
+flags.DEFINE_bool("dry_run", False, "with --sweep: print one command per point, run nothing")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "start jax.distributed (auto: when a cluster or coordinator flags are found)")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (other clusters)")
+flags.DEFINE_integer("num_processes", None, "number of processes (other clusters)")
+flags.DEFINE_integer("process_id", None, "this process's index (other clusters)")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  if not FLAGS["verbosity"].present:  # orbax and grain log every file operation at INFO
+    logging.set_verbosity(logging.WARNING)
+  from diffjax import jobs  # after flag parsing, so --help stays fast
+  try:
+    config = FLAGS.config  # ml_collections reports a config file that failed to load here
+    config.experiment  # noqa: B018
+  except OSError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    if FLAGS.sweep:
+      jobs.run_sweep(FLAGS["config"], FLAGS.workdir, dry_run=FLAGS.dry_run, argv=sys.argv)
+      return
+    jobs.start_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
+    jobs.run(FLAGS.mode, config, FLAGS.workdir)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's parser, with a misspelt --config.x override reported in one line."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e).replace("\\n", " ").replace("\\'", "'").strip("'\"").replace("' Did", ": did")
+    if "Traceback" in text:  # a config file's own error: keep its last line
+      text = text.split("Traceback")[0].strip() + " " + text.strip().splitlines()[-1]
+    print(f"error: bad command line: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
