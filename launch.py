@@ -28,6 +28,7 @@ flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (other clusters)")
 flags.DEFINE_integer("num_processes", None, "number of processes (other clusters)")
 flags.DEFINE_integer("process_id", None, "this process's index (other clusters)")
+flags.DEFINE_bool("split_cpu", True, "on a CPU-only host, one XLA device per core (faster)")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -47,6 +48,8 @@ def main(argv):
     if FLAGS.sweep:
       jobs.run_sweep(FLAGS["config"], FLAGS.workdir, dry_run=FLAGS.dry_run, argv=sys.argv)
       return
+    if FLAGS.split_cpu and FLAGS.distributed != "on":
+      jobs.split_cpu(config.data.batch_size)
     jobs.start_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
     jobs.run(FLAGS.mode, config, FLAGS.workdir)
@@ -60,6 +63,14 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    if isinstance(e, (KeyError, AttributeError)):
+      name = str(e).split("\\n")[0].strip("'\"\\")
+      bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and name in a]
+      hint = str(e).split("\\n")[1].strip("'\"") if "\\n" in str(e) else ""
+      print(f"error: {bad[0] if bad else name}: no such config field (configs are locked: "
+            f"only fields defined by the config file can be overridden). {hint}".rstrip(),
+            file=sys.stderr)
+      sys.exit(2)
     text = str(e).replace("\\n", " ").replace("\\'", "'").strip("'\"").replace("' Did", ": did")
     if "Traceback" in text:  # a config file's own error: keep its last line
       text = text.split("Traceback")[0].strip() + " " + text.strip().splitlines()[-1]

@@ -22,6 +22,8 @@ def get_config(arg=None):
   c.model.name = "unet-digits"
   c.model.conditional = True
   c.model.kwargs.class_dropout = 0.1
+  c.model.kwargs.ch = 32
+  c.model.kwargs.num_res_blocks = 1
 
   c.diffusion.schedule = "cosine"
   c.diffusion.parameterization = "v"
@@ -30,7 +32,7 @@ def get_config(arg=None):
   c.optim.lr = 1e-3
   c.optim.warmup_steps = 100
   c.optim.schedule = "cosine"
-  c.train.num_steps = 3000
+  c.train.num_steps = 1500
   c.train.ema_decay = 0.999
 
   c.sample.sampler = "ddim"

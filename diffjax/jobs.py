@@ -29,6 +29,11 @@ def start_distributed(mode, coordinator_address, num_processes, process_id) -> b
   return distributed.initialize(mode, coordinator_address, num_processes, process_id)
 
 
+def split_cpu(batch_size: int) -> int:
+  from diffjax.parallel import distributed
+  return distributed.split_host_into_devices(batch_size)
+
+
 def run_sweep(config_flag, workdir: str, *, dry_run: bool, argv: list[str]):
   sweep = importlib.import_module("diffjax.sweep")
   return sweep.run(config_flag, workdir, dry_run=dry_run, argv=argv)

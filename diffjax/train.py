@@ -41,7 +41,7 @@ def data_iterator(spec: ExperimentSpec):
                                 path=d.path, image_key=d.image_key, label_key=d.label_key)
   options = data_lib.PipelineOptions(
       image_size=d.image_size, channels=d.channels, random_flip=d.random_flip,
-      batch_size=d.batch_size // jax.process_count(), num_workers=d.num_workers,
+      batch_size=d.batch_size, num_workers=d.num_workers,
       seed=spec.train.seed)
   dataset = data_lib.make_dataset(source, options, process_index=jax.process_index(),
                                   process_count=jax.process_count())

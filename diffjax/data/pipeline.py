@@ -22,7 +22,7 @@ class PipelineOptions:
   image_size: int
   channels: int
   random_flip: bool
-  batch_size: int  # per process
+  batch_size: int  # global for make_dataset, per call for iterate_once
   num_workers: int = 0
   seed: int = 0
 
@@ -75,29 +75,57 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+class _ProcessSlice(grain.MapDataset):
+  """This process's rows of every global batch of a (globally ordered) parent dataset.
+
+  Element ``k * local + j`` is the parent's element ``k * global + p * local + j``: every
+  process walks the same global order and reads only its slice, so the global batch, and hence
+  training, does not depend on how many processes share it.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._global = global_batch
+    self._local = global_batch // process_count
+    self._offset = process_index * self._local
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._global * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._local)
+    return self._parent[batch * self._global + self._offset + row]
+
+  def __str__(self) -> str:
+    return f"ProcessSlice(rows {self._offset}:{self._offset + self._local} of {self._global})"
+
+
 def make_dataset(source, options: PipelineOptions, *, process_index: int = 0,
                  process_count: int = 1) -> grain.IterDataset:
   """The batched, infinitely repeating dataset for one process.
 
   Args:
     source: a random-access source (see `diffjax.data.sources`).
-    options: image and batch options; ``batch_size`` is per process.
-    process_index, process_count: this process's shard of the source.
+    options: image and batch options; ``batch_size`` is the global batch.
+    process_index, process_count: which rows of each global batch this process reads.
 
   Returns:
-    A Grain ``IterDataset`` of ``{"image": float32 [B, H, W, C], "label": int32 [B]}``.
+    A Grain ``IterDataset`` of ``{"image": float32 [b, H, W, C], "label": int32 [b]}`` with
+    ``b = batch_size / process_count``.
   """
-  if len(source) < process_count:
-    raise ValueError(f"the data source has {len(source)} examples, fewer than the "
+  if options.batch_size % process_count:
+    raise ValueError(f"global batch {options.batch_size} is not divisible by the "
                      f"{process_count} processes")
-  ds = grain.MapDataset.source(source)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  ds = ds.seed(options.seed).shuffle().repeat()
+  ds = grain.MapDataset.source(source).seed(options.seed).shuffle().repeat()
   ds = ds.random_map(functools.partial(preprocess, image_size=options.image_size,
                                        channels=options.channels,
                                        random_flip=options.random_flip))
-  ds = ds.batch(options.batch_size, drop_remainder=True).to_iter_dataset()
+  if process_count > 1:
+    ds = _ProcessSlice(ds, options.batch_size, process_index, process_count)
+  ds = ds.batch(options.batch_size // process_count, drop_remainder=True).to_iter_dataset()
   if options.num_workers > 0:
     _ensure_absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.num_workers))

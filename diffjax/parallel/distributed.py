@@ -37,3 +37,23 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
   return True
+
+
+def split_host_into_devices(batch_size: int, cores: int | None = None) -> int:
+  """On a CPU-only host, exposes one XLA device per core (at most ``batch_size``'s largest
+  divisor not above the core count), so data parallelism uses every core.
+
+  Must run before JAX initialises its backends; only the CPU backend is affected, so it is
+  harmless on GPU/TPU hosts. Returns the device count chosen (1 when XLA_FLAGS already sets
+  one, or the platform is not CPU).
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" in flags:
+    return 1
+  if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] not in ("cpu", ""):
+    return 1
+  cores = cores or os.cpu_count() or 1
+  count = max(d for d in range(1, cores + 1) if batch_size % d == 0)
+  if count > 1:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+  return count
