@@ -1,0 +1,209 @@
+"""Sources, converters and Grain pipelines: contents, determinism, resumability, sharding."""
+
+import gzip
+import io
+import os
+import pathlib
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffjax import data
+from diffjax.data import convert, records
+from diffjax.data.pipeline import center_crop_resize, preprocess
+
+ASSETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "assets"
+
+
+def _write_idx(path, array, magic_dims):
+  header = bytes([0, 0, 0x08, magic_dims]) + b"".join(
+      int(d).to_bytes(4, "big") for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_digits_source_splits_and_values():
+  train, test = data.digits_source("train"), data.digits_source("test")
+  assert (len(train), len(test)) == (1617, 180)
+  ex = train[0]
+  assert ex["image"].shape == (8, 8, 1) and ex["image"].dtype == np.uint8
+  assert ex["image"].max() == 255 and 0 <= ex["label"] < 10
+  with pytest.raises(ValueError, match="digits has splits"):
+    data.digits_source("validation")
+
+
+def test_preprocess_normalises_crops_and_flips():
+  img = np.arange(6 * 4, dtype=np.uint8).reshape(6, 4, 1) * 10
+  out = preprocess({"image": img, "label": 3}, np.random.default_rng(0), image_size=4,
+                   channels=1, random_flip=False)
+  np.testing.assert_allclose(out["image"][..., 0], img[1:5, :, 0] / 127.5 - 1.0, atol=1e-6)  # crop
+  assert out["label"] == 3 and out["image"].dtype == np.float32
+  flips = [preprocess({"image": img[1:5], "label": 0}, np.random.default_rng(s), image_size=4,
+                      channels=1, random_flip=True)["image"] for s in range(40)]
+  crop = img[1:5] / 127.5 - 1.0
+  mirrored = [np.allclose(f, crop[:, ::-1], atol=1e-6) for f in flips]
+  assert all(m or np.allclose(f, crop, atol=1e-6) for m, f in zip(mirrored, flips))
+  assert 5 < sum(mirrored) < 35  # about half
+  rgb = preprocess({"image": np.zeros((8, 8, 1), np.uint8), "label": 0},
+                   np.random.default_rng(0), image_size=8, channels=3, random_flip=False)
+  assert rgb["image"].shape == (8, 8, 3)
+
+
+def test_center_crop_resize_box_filter_averages():
+  img = np.zeros((8, 8, 1), np.uint8)
+  img[:4, :4] = 200
+  out = center_crop_resize(img, 2)
+  np.testing.assert_array_equal(out[..., 0], [[200, 0], [0, 0]])
+
+
+def _options(**kw):
+  return data.PipelineOptions(**{"image_size": 8, "channels": 1, "random_flip": True,
+                                 "batch_size": 16, "num_workers": 0, "seed": 3, **kw})
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_pipeline_is_deterministic_and_covers_each_epoch():
+  src = data.digits_source("test")  # 180 examples
+  a = _take(iter(data.make_dataset(src, _options())), 11)
+  b = _take(iter(data.make_dataset(src, _options())), 11)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+  labels = np.concatenate([x["label"] for x in a])[:176]
+  # One epoch is a permutation: each test label count appears as often as in the source.
+  counts = np.bincount(labels[:176], minlength=10)
+  assert counts.sum() == 176 and counts.max() <= np.bincount(src.labels).max()
+  other = _take(iter(data.make_dataset(src, _options(seed=4))), 1)[0]
+  assert not np.array_equal(other["label"], a[0]["label"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterator_state_resumes_exactly(workers):
+  src = data.digits_source("test")
+  it = iter(data.make_dataset(src, _options(num_workers=workers)))
+  _take(it, 3)
+  state = it.get_state()
+  expected = _take(it, 4)
+  resumed = iter(data.make_dataset(src, _options(num_workers=workers)))
+  resumed.set_state(state)
+  for x, y in zip(expected, _take(resumed, 4)):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_worker_processes_give_the_same_batches_as_the_main_process():
+  src = data.digits_source("test")
+  a = _take(iter(data.make_dataset(src, _options(num_workers=0))), 5)
+  b = _take(iter(data.make_dataset(src, _options(num_workers=2))), 5)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_processes_read_disjoint_slices_of_the_same_global_batches():
+  src = data.digits_source("test")
+  full = _take(iter(data.make_dataset(src, _options())), 4)
+  parts = [_take(iter(data.make_dataset(src, _options(), process_index=p, process_count=4)), 4)
+           for p in range(4)]
+  for k in range(4):
+    joined = np.concatenate([parts[p][k]["image"] for p in range(4)])
+    np.testing.assert_array_equal(joined, full[k]["image"])
+
+
+def test_idx_conversion_round_trip(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (25, 28, 28)).astype(np.uint8)
+  labels = rng.integers(0, 10, 25).astype(np.uint8)
+  _write_idx(tmp_path / "img.gz", images, 3)
+  _write_idx(tmp_path / "lbl.gz", labels, 1)
+  np.testing.assert_array_equal(convert.read_idx(tmp_path / "img.gz"), images)
+  info = convert.convert_idx(str(tmp_path / "img.gz"), str(tmp_path / "lbl.gz"),
+                             str(tmp_path / "out"), "train", num_shards=3)
+  assert info["num_examples"] == 25 and sum(s["count"] for s in info["shards"]) == 25
+  src = data.ArrayRecordSource(str(tmp_path / "out"))
+  assert len(src) == 25
+  for i in (0, 7, 24):  # PNG is lossless: pixels and labels come back exactly
+    np.testing.assert_array_equal(src[i]["image"][..., 0], images[i])
+    assert src[i]["label"] == labels[i]
+
+
+def test_idx_reader_rejects_truncated_files(tmp_path):
+  images = np.zeros((4, 5, 5), np.uint8)
+  _write_idx(tmp_path / "img.gz", images, 3)
+  raw = gzip.open(tmp_path / "img.gz").read()
+  with gzip.open(tmp_path / "short.gz", "wb") as f:
+    f.write(raw[:-7])
+  with pytest.raises(ValueError, match="short.gz: idx header promises"):
+    convert.read_idx(tmp_path / "short.gz")
+
+
+def _make_class_folders(root: pathlib.Path):
+  rng = np.random.default_rng(1)
+  for cls, fmt in (("cat", "JPEG"), ("dog", "PNG"), ("emu", "PPM")):
+    (root / cls).mkdir(parents=True)
+    for i in range(3):
+      arr = rng.integers(0, 256, (12, 10, 3)).astype(np.uint8)
+      Image.fromarray(arr).save(root / cls / f"{i}.{fmt.lower()}", format=fmt)
+  (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+
+def test_folder_conversion_from_a_folder_and_a_tar_archive(tmp_path):
+  _make_class_folders(tmp_path / "raw" / "train")
+  info = convert.convert_folder(str(tmp_path / "raw"), str(tmp_path / "a"), "train",
+                                subdir="train")
+  assert info["num_examples"] == 9 and info["class_names"] == ["cat", "dog", "emu"]
+  assert info["unreadable"] == ["dog/broken.png"]
+  with tarfile.open(tmp_path / "raw.tar.gz", "w:gz") as tar:
+    tar.add(tmp_path / "raw", arcname=".")
+  info_tar = convert.convert_folder(str(tmp_path / "raw.tar.gz"), str(tmp_path / "b"), "train",
+                                    subdir="train")
+  assert info_tar["num_examples"] == 9
+  a, b = data.ArrayRecordSource(str(tmp_path / "a")), data.ArrayRecordSource(str(tmp_path / "b"))
+  for i in range(9):
+    np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
+  labels = sorted(a[i]["label"] for i in range(9))
+  assert labels == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  # PPM is re-encoded losslessly as PNG; JPEG bytes pass through unchanged.
+  ppm = [a[i]["image"] for i in range(9) if a[i]["label"] == 2]
+  originals = [np.asarray(Image.open(tmp_path / "raw" / "train" / "emu" / f"{i}.ppm"))
+               for i in range(3)]
+  for got in ppm:
+    assert any(np.array_equal(got, o) for o in originals)
+
+
+def test_converted_assets_fashion_mnist_test_split(tmp_path):
+  base = ASSETS / "data" / "fashion_mnist"
+  if not base.exists():
+    pytest.skip(f"shared assets not found at {base}")
+  info = convert.convert_idx(str(base / "t10k-images-idx3-ubyte.gz"),
+                             str(base / "t10k-labels-idx1-ubyte.gz"), str(tmp_path), "test")
+  assert info["num_examples"] == 10000 and info["num_classes"] == 10
+  src = data.ArrayRecordSource(str(tmp_path))
+  raw = convert.read_idx(base / "t10k-images-idx3-ubyte.gz")
+  np.testing.assert_array_equal(src[1234]["image"][..., 0], raw[1234])
+
+
+def test_tfds_source_with_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    src = data.make_source("tfds", name="cifar10", split="train")
+    assert len(src) == 12
+    ex = src[5]
+    assert ex["image"].shape == (32, 32, 3) and ex["image"].dtype == np.uint8
+    batch = next(iter(data.make_dataset(src, _options(image_size=16, channels=3, batch_size=4))))
+    assert batch["image"].shape == (4, 16, 16, 3)
+
+
+def test_missing_array_record_path_is_reported(tmp_path):
+  with pytest.raises(ValueError, match="no ArrayRecord files at data.path="):
+    data.make_source("array_record", path=str(tmp_path / "nothing"))
+
+
+def test_records_round_trip_fields():
+  img = np.random.default_rng(0).integers(0, 256, (5, 6, 3)).astype(np.uint8)
+  rec = records.decode_record(records.encode_record(records.encode_png(img), 4, id="x/1"))
+  np.testing.assert_array_equal(rec["image"], img)
+  assert rec["label"] == 4 and rec["id"] == "x/1"
