@@ -67,7 +67,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample.options = ml_collections.ConfigDict()  # sampler options, e.g. eta, s_churn
   c.sample.guidance_scale = 1.0  # classifier-free guidance (1 = none)
   c.sample.num_images = 64  # images in a grid / in --mode sample
-  c.sample.every_steps = 0  # sample grid during training (0 = only at the end)
+  c.sample.every_steps = 0  # sample grid during training (0 = never before the end)
+  c.sample.at_end = True  # sample grid when training finishes
   c.sample.upscale = 1  # nearest-neighbour upscaling of grid images (small images)
 
   c.checkpoint = ml_collections.ConfigDict()

@@ -104,6 +104,7 @@ class SampleSpec:
   num_images: int
   every_steps: int
   upscale: int
+  at_end: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,7 +279,8 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1) -> Exper
     ck.require(not unknown, "sample.options",
                f"sampler {s.sampler!r} has no option(s) {unknown}; allowed: {sorted(allowed)}")
   sample = SampleSpec(s.sampler, s.num_steps, s.spacing, _items(s.options),
-                      float(s.guidance_scale), s.num_images, s.every_steps, s.upscale)
+                      float(s.guidance_scale), s.num_images, s.every_steps, s.upscale,
+                      bool(s.at_end))
 
   c = config.checkpoint
   ck.positive_int(c.every_steps, "checkpoint.every_steps")

@@ -127,8 +127,9 @@ def train(config, workdir: str) -> dict:
       if step % spec.checkpoint.every_steps == 0 or step == total:
         ckpt.save(step, state, iterator, metrics=last or None)
     ckpt.wait()
-    write_sample_grid(generate, state.ema_params, spec,
-                      workdir / "samples" / f"step_{step:07d}.png", sample_rng)
+    if spec.sample.at_end:
+      write_sample_grid(generate, state.ema_params, spec,
+                        workdir / "samples" / f"step_{step:07d}.png", sample_rng)
     checkpoints = ckpt.all_steps()
   finally:
     ckpt.wait()

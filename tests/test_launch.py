@@ -1,0 +1,148 @@
+"""End to end through launch.py, as users run it: each data source kind, resume, sampling,
+sweeps, bad configs, and two processes on localhost."""
+
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from diffjax import data
+from diffjax.data import convert, records
+from diffjax.training.logger import read_metrics
+from launch_util import ROOT, launch, subprocess_env
+
+TINY = ["--config", "configs/default.py:tiny", "--config.sample.num_images=10"]
+
+
+def test_digits_train_resume_and_sample(tmp_path):
+  w = tmp_path / "run"
+  first = launch(*TINY, "--workdir", w, "--config.train.num_steps=6")
+  assert "step 6/6" in first.stdout
+  second = launch(*TINY, "--workdir", w, "--config.train.num_steps=10")
+  assert "resumed from checkpoint at step 6" in second.stdout and "step 10/10" in second.stdout
+  assert (w / "samples" / "step_0000010.png").exists()
+  assert (w / "config.json").exists() and list((w / "tensorboard").glob("events.*"))
+  rows = read_metrics(w)
+  assert {"loss", "grad_norm", "lr", "steps_per_sec", "images_per_sec"} <= set(rows[-1])
+  sampled = launch(*TINY, "--workdir", w, "--mode", "sample", "--config.sample.sampler=heun",
+                   "--config.sample.num_steps=4")
+  assert "wrote 10 samples from step 10" in sampled.stdout
+  npz = np.load(next((w / "samples").glob("heun_4steps_step10*.npz")))
+  assert npz["images"].shape == (10, 8, 8, 1) and npz["images"].dtype == np.uint8
+  np.testing.assert_array_equal(npz["labels"], np.arange(10) % 10)
+
+
+def test_array_record_source(tmp_path):
+  src = data.digits_source("test")
+  recs = [records.encode_record(records.encode_png(src[i]["image"]), src[i]["label"])
+          for i in range(len(src))]
+  convert.write_shards(recs, tmp_path / "digits_ar", "train", num_shards=2)
+  out = launch(*TINY, "--workdir", tmp_path / "run", "--config.train.num_steps=4",
+               "--config.data.source=array_record",
+               f"--config.data.path={tmp_path / 'digits_ar'}", "--config.sample.at_end=False")
+  assert "180 training examples" in out.stdout and "step 4/4" in out.stdout
+
+
+def test_tfds_source_through_mock_data(tmp_path):
+  wrapper = textwrap.dedent(f"""
+      import runpy, sys
+      import tensorflow_datasets as tfds
+      sys.argv = ["launch.py", "--config", "configs/default.py:tiny",
+                  "--workdir", {str(tmp_path / 'run')!r}, "--config.train.num_steps=3",
+                  "--config.data.source=tfds", "--config.data.name=mnist",
+                  "--config.data.image_size=8", "--config.sample.at_end=False"]
+      with tfds.testing.mock_data(num_examples=40):
+        runpy.run_path("launch.py", run_name="__main__")
+      """)
+  result = subprocess.run([sys.executable, "-c", wrapper], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "40 training examples" in result.stdout and "step 3/3" in result.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.optim.lr=-0.1", "config.optim.lr: must be > 0, got -0.1"),
+    ("--config.model.name=UNet-XXL", "config.model.name: got 'UNet-XXL'; allowed:"),
+    ("--config.data.batch_size=12", "config.data.batch_size: 12 is not divisible by the 8"),
+    ("--config.sample.sampler=dpm", "config.sample.sampler: got 'dpm'; allowed: ddpm"),
+    ("--config.optim.lrr=1", "--config.optim.lrr: no such config field"),
+    ("--config.diffusion.schedule=cosin", "unknown schedule name 'cosin'"),
+])
+def test_bad_configs_fail_before_compute_with_the_field_named(tmp_path, override, message):
+  result = launch(*TINY, "--workdir", tmp_path / "run", override, check=False, timeout=120)
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_workdir_of_another_experiment_is_refused(tmp_path):
+  w = tmp_path / "run"
+  w.mkdir()
+  (w / "config.json").write_text(json.dumps({"experiment": "x", "optim": {"lr": 0.5}}))
+  result = launch(*TINY, "--workdir", w, check=False, timeout=120)
+  assert result.returncode == 2 and "holds a different experiment" in result.stderr
+  assert "optim.lr: workdir has 0.5" in result.stderr
+
+
+def test_sweep_dry_run_and_run(tmp_path):
+  cfg = tmp_path / "sweep_cfg.py"
+  cfg.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {str(ROOT)!r})
+      from configs import default
+
+      def get_config(arg=None):
+        c = default.get_config("tiny")
+        c.train.num_steps = 3
+        c.sample.at_end = False
+        return c
+
+      def get_sweep():
+        return [{{"name": "lr_a", "optim.lr": 1e-3}}, {{"optim.lr": 2e-3}}]
+      """))
+  dry = launch("--config", cfg, "--workdir", tmp_path / "sw", "--sweep", "--dry_run")
+  lines = [l for l in dry.stdout.splitlines() if "launch.py" in l]
+  assert len(lines) == 2 and "--config.optim.lr=0.001" in lines[0]
+  assert f"--workdir={tmp_path / 'sw' / 'lr_a'}" in lines[0] and "lr=0.002" in lines[1]
+  assert not (tmp_path / "sw").exists()
+  launch("--config", cfg, "--workdir", tmp_path / "sw", "--sweep", timeout=600)
+  table = (tmp_path / "sw" / "sweep_results.md").read_text()
+  assert "lr_a" in table and "lr=0.002" in table
+  assert (tmp_path / "sw" / "sweep_results.csv").read_text().count("\n") == 3
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_one_model_like_one_process(tmp_path):
+  """Two processes with one CPU device each == one process with two devices."""
+  common = [*TINY, "--config.train.num_steps=6", "--config.logging.log_every=1",
+            "--config.sample.at_end=False"]
+  one_env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  launch(*common, "--workdir", tmp_path / "single", env=one_env)
+  port = _free_port()
+  two_env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen(
+      [sys.executable, "launch.py", *common, f"--workdir={tmp_path / 'multi'}",
+       "--distributed=on", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+       f"--process_id={i}"], cwd=ROOT, env=two_env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1} over 2 device(s) in 2 process(es)" in outs[0][0]
+  single = [m["loss"] for m in read_metrics(tmp_path / "single")]
+  multi = [m["loss"] for m in read_metrics(tmp_path / "multi")]
+  assert len(single) == len(multi) == 6
+  np.testing.assert_allclose(multi, single, rtol=1e-5)
+  assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["6"]
