@@ -82,6 +82,28 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.logging.log_every = 50
   c.logging.tensorboard = True
 
+  c.eval = ml_collections.ConfigDict()
+  c.eval.feature_net = "inception"  # inception (standard FID) | domain (classifier on the data)
+  c.eval.protocol = "tf"  # Inception input protocol: tf | pytorch_fid
+  c.eval.inception_cache = ""  # folder of inception_fid.npz ("" = ~/.cache/diffjax)
+  c.eval.inception_source = ""  # weight file to convert when the cache is empty
+  c.eval.download_inception = False  # fetch pytorch-fid's weights when missing (needs internet)
+  c.eval.classifier_steps = 1500  # training steps of the domain classifier
+  c.eval.ref_split = "test"  # real split the statistics come from
+  c.eval.ref_data_path = ""  # ArrayRecord files of that split ("" = data.path)
+  c.eval.ref_path = ""  # reference .npz ("" = <workdir>/eval/ref_<net>_<split>.npz)
+  c.eval.num_samples = 50_000
+  c.eval.batch_size = 500  # images generated per call
+  c.eval.seeds = 1  # independent sample sets: mean and 95% interval
+  c.eval.name = ""  # output name ("" = derived from sampler and sample count)
+  c.eval.every_steps = 0  # in-training evaluation period (0 = off)
+  c.eval.train_num_samples = 1000  # samples per in-training evaluation
+  c.eval.kid_subset_size = 1000
+  c.eval.pr_k = 3
+  c.eval.likelihood = ""  # "" | ode | vlb (test-split bits/dim)
+  c.eval.likelihood_num = 1000
+  c.eval.likelihood_batch = 100
+
   c.mesh = ml_collections.ConfigDict()
   # Device mesh: one size per axis, -1 fills the remaining devices.
   c.mesh.data = -1

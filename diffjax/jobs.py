@@ -15,7 +15,17 @@ def _sample(config, workdir):
   return sample(config, workdir)
 
 
-JOBS = {"train": _train, "sample": _sample}
+def _eval(config, workdir):
+  from diffjax.evaluate import evaluate
+  return evaluate(config, workdir)
+
+
+def _ref_stats(config, workdir):
+  from diffjax.evaluate import ref_stats
+  return ref_stats(config, workdir)
+
+
+JOBS = {"train": _train, "sample": _sample, "eval": _eval, "ref_stats": _ref_stats}
 
 
 def run(mode: str, config, workdir: str):

@@ -18,6 +18,7 @@ DATA_SOURCES = ("digits", "tfds", "array_record")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
+FEATURE_NETS = ("inception", "domain")
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -123,6 +124,30 @@ class LoggingSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  feature_net: str
+  protocol: str
+  inception_cache: str
+  inception_source: str
+  download_inception: bool
+  classifier_steps: int
+  ref_split: str
+  ref_data_path: str
+  ref_path: str
+  num_samples: int
+  batch_size: int
+  seeds: int
+  name: str
+  every_steps: int
+  train_num_samples: int
+  kid_subset_size: int
+  pr_k: int
+  likelihood: str
+  likelihood_num: int
+  likelihood_batch: int
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshSpec:
   shape: tuple[tuple[str, int], ...]  # (axis name, size or -1)
 
@@ -139,6 +164,7 @@ class ExperimentSpec:
   checkpoint: CheckpointSpec
   logging: LoggingSpec
   mesh: MeshSpec
+  eval: EvalSpec
 
 
 class _Checker:
@@ -291,6 +317,28 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1) -> Exper
   ck.positive_int(config.logging.log_every, "logging.log_every")
   logging_spec = LoggingSpec(config.logging.log_every, bool(config.logging.tensorboard))
 
+  e = config.eval
+  ck.one_of(e.feature_net, FEATURE_NETS, "eval.feature_net")
+  ck.one_of(e.protocol, ("tf", "pytorch_fid"), "eval.protocol")
+  ck.one_of(e.likelihood, ("", "ode", "vlb"), "eval.likelihood")
+  if e.likelihood == "vlb" and schedule is not None:
+    ck.require(schedule.num_timesteps is not None, "eval.likelihood",
+               f"vlb needs a discrete schedule (e.g. linear), not {schedule.name!r}")
+  if e.feature_net == "domain":
+    ck.require(d.num_classes > 0, "eval.feature_net",
+               "the domain classifier needs labelled data (data.num_classes > 0)")
+  for field in ("classifier_steps", "num_samples", "batch_size", "seeds", "train_num_samples",
+                "kid_subset_size", "pr_k", "likelihood_num", "likelihood_batch"):
+    ck.positive_int(e[field], f"eval.{field}")
+  ck.positive_int(e.every_steps, "eval.every_steps", minimum=0)
+  if isinstance(e.num_samples, int) and e.num_samples < 2:
+    ck.require(False, "eval.num_samples", "needs at least 2 samples for a covariance")
+  eval_spec = EvalSpec(e.feature_net, e.protocol, e.inception_cache, e.inception_source,
+                       bool(e.download_inception), e.classifier_steps, e.ref_split,
+                       e.ref_data_path, e.ref_path, e.num_samples, e.batch_size, e.seeds, e.name,
+                       e.every_steps, e.train_num_samples, e.kid_subset_size, e.pr_k,
+                       e.likelihood, e.likelihood_num, e.likelihood_batch)
+
   mesh = MeshSpec(tuple((a, config.mesh[a]) for a in MESH_AXES))
   for axis in MESH_AXES:
     size = config.mesh[axis]
@@ -307,4 +355,4 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1) -> Exper
   if ck.errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(ck.errors))
   return ExperimentSpec(config.experiment, data, model, diff, optim, train, sample, checkpoint,
-                        logging_spec, mesh)
+                        logging_spec, mesh, eval_spec)

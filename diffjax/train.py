@@ -64,6 +64,18 @@ def write_sample_grid(generate: Generator, params, spec: ExperimentSpec, path: p
                                            upscale=spec.sample.upscale))
 
 
+def run_periodic_eval(evaluator, generate: Generator, params, spec: ExperimentSpec,
+                      step: int) -> dict[str, float]:
+  """Scores ``eval.train_num_samples`` EMA samples; returns ``{"eval/<metric>": value}``."""
+  from diffjax.evaluate import generate as generate_images
+  n = spec.eval.train_num_samples
+  x, labels = generate_images(generate, params, spec, n, jax.random.PRNGKey(spec.train.seed + 3))
+  scores = evaluator.score(x, labels if spec.model.conditional else None)
+  log(f"eval at step {step} ({n} samples): " +
+      ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+  return {f"eval/{k}": v for k, v in scores.items()}
+
+
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the experiment described by ``config`` in ``workdir``.
 
@@ -99,6 +111,10 @@ def train(config, workdir: str) -> dict:
       in_shardings=(setup.shardings, batch_sharding),
       out_shardings=(setup.shardings, parallel.replicated(mesh)), donate_argnums=0)
   generate = make_sample_generator(setup, spec, mesh)
+  evaluator = None
+  if spec.eval.every_steps:
+    from diffjax.evaluate import Evaluator  # fails here, before training, if no reference
+    evaluator = Evaluator(spec, workdir, mesh)
   writer = MetricsWriter(workdir, enabled=is_main, tensorboard=spec.logging.tensorboard)
   total = spec.train.num_steps
   step = int(jax.device_get(state.step))
@@ -124,6 +140,9 @@ def train(config, workdir: str) -> dict:
       if spec.sample.every_steps and step % spec.sample.every_steps == 0 and step != total:
         write_sample_grid(generate, state.ema_params, spec,
                           workdir / "samples" / f"step_{step:07d}.png", sample_rng)
+      if evaluator and (step % spec.eval.every_steps == 0 or step == total):
+        last.update(run_periodic_eval(evaluator, generate, state.ema_params, spec, step))
+        writer.write(step, last)
       if step % spec.checkpoint.every_steps == 0 or step == total:
         ckpt.save(step, state, iterator, metrics=last or None)
     ckpt.wait()

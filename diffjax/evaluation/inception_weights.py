@@ -112,8 +112,10 @@ def convert(source: str) -> dict[str, dict[str, np.ndarray]]:
     try:
       tensors = torch_files.load_with_torch(source)
     except ImportError as e:
-      raise ValueError(f"{source} is a legacy PyTorch file; install torch once to convert it "
-                       f"(pip install torch) or use the TorchScript file") from e
+      raise ValueError(f"{source} is not a zip-format PyTorch file; if it is a legacy one, "
+                       f"install torch once to convert it or use the TorchScript file") from e
+    except Exception as e:  # torch raises many types for files that are not weights
+      raise ValueError(f"{source}: not a readable PyTorch weight file ({e})") from e
   if any(".tower" in k or "layers.conv." in k for k in tensors):
     weights = _from_torchscript_names(tensors)
   elif any(k.startswith("Mixed_5b.") for k in tensors):
