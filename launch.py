@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from diffjax.faults import RunFault
 from diffjax.spec import ConfigError
 
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
@@ -58,6 +59,9 @@ def main(argv):
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except RunFault as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 def parse_flags(argv):

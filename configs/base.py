@@ -104,6 +104,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.likelihood_num = 1000
   c.eval.likelihood_batch = 100
 
+  c.faults = ml_collections.ConfigDict()
+  c.faults.nonfinite = "skip"  # non-finite loss/gradients: skip (the update) | abort
+  c.faults.max_consecutive_skips = 10  # abort after this many skipped updates in a row (0 = never)
+  c.faults.loss_spike_factor = 0.0  # also skip updates with loss > factor x running mean (0 = off)
+  c.faults.bad_records = "skip"  # unreadable data record: skip (count, use the next one) | stop
+  c.faults.verify_checkpoints = True  # hash checkpoint files; verify before restoring
+  c.faults.inject_nan_steps = ()  # fault injection (tests): steps whose loss becomes NaN
+
   c.mesh = ml_collections.ConfigDict()
   # Device mesh: one size per axis, -1 fills the remaining devices.
   c.mesh.data = -1

@@ -22,15 +22,15 @@ _CHUNK = 256  # images per device call
 def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh):
   """``(setup, state, step)`` from the latest checkpoint; raises ConfigError if there is none."""
   setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
-  ckpt = Checkpointer(workdir / "checkpoints", spec.checkpoint)
+  ckpt = Checkpointer(workdir / "checkpoints", spec.checkpoint,
+                      verify=spec.faults.verify_checkpoints, log=log)
   try:
-    step = ckpt.latest_step()
-    if step is None:
-      raise ConfigError(f"no checkpoint in {workdir / 'checkpoints'}; train first "
-                        f"(--mode train) or point --workdir at a trained run")
-    state = ckpt.restore(step, setup.abstract)
+    state, step, _ = ckpt.restore_latest(setup.abstract)
   finally:
     ckpt.close()
+  if state is None:
+    raise ConfigError(f"no checkpoint in {workdir / 'checkpoints'}; train first "
+                      f"(--mode train) or point --workdir at a trained run")
   return setup, state, step
 
 

@@ -148,6 +148,16 @@ class EvalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class FaultSpec:
+  nonfinite: str
+  max_consecutive_skips: int
+  loss_spike_factor: float
+  bad_records: str
+  verify_checkpoints: bool
+  inject_nan_steps: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshSpec:
   shape: tuple[tuple[str, int], ...]  # (axis name, size or -1)
 
@@ -165,6 +175,7 @@ class ExperimentSpec:
   logging: LoggingSpec
   mesh: MeshSpec
   eval: EvalSpec
+  faults: FaultSpec
 
 
 class _Checker:
@@ -216,13 +227,29 @@ def mesh_size(mesh: MeshSpec, num_devices: int) -> dict[str, int]:
   return sizes
 
 
-def build_spec(config, *, num_devices: int = 1, num_processes: int = 1) -> ExperimentSpec:
+def _check_network(model, data: DataSpec, conditional: bool) -> None:
+  """Traces the network on one example of the data's shape (no compute)."""
+  import jax
+  import jax.numpy as jnp
+  x = jax.ShapeDtypeStruct((1, data.image_size, data.image_size, data.channels), jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+  y = jax.ShapeDtypeStruct((1,), jnp.int32) if conditional else None
+  try:
+    jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, y)
+  except Exception as e:  # any tracing failure means the network does not fit the data
+    raise ValueError(f"the network does not fit {data.image_size}x{data.image_size}x"
+                     f"{data.channels} images: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
+               check_network: bool = True) -> ExperimentSpec:
   """Validates a config and returns its typed spec.
 
   Args:
     config: the experiment ConfigDict (see configs/base.py).
     num_devices: global device count (batch divisibility, mesh).
     num_processes: process count (per-process batch).
+    check_network: trace the network on the data shape (catches sizes it cannot take).
 
   Raises:
     ConfigError: listing every invalid field.
@@ -252,7 +279,10 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1) -> Exper
                "a conditional model needs data.num_classes > 0")
   model = ModelSpec(m.name, m.dtype, bool(m.conditional), _items(m.kwargs))
   if ck.one_of(m.name, models.variant_names(), "model.name"):
-    ck.attempt("model.kwargs", lambda: model.build(d.num_classes if m.conditional else 0))
+    network = ck.attempt("model.kwargs",
+                         lambda: model.build(d.num_classes if m.conditional else 0))
+    if network is not None and check_network and not ck.errors:
+      ck.attempt("model", lambda: _check_network(network, data, bool(m.conditional)))
 
   df = config.diffusion
   schedule = ck.attempt("diffusion.schedule",
@@ -339,6 +369,16 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1) -> Exper
                        e.every_steps, e.train_num_samples, e.kid_subset_size, e.pr_k,
                        e.likelihood, e.likelihood_num, e.likelihood_batch)
 
+  f = config.faults
+  ck.one_of(f.nonfinite, ("skip", "abort"), "faults.nonfinite")
+  ck.one_of(f.bad_records, ("skip", "stop"), "faults.bad_records")
+  ck.positive_int(f.max_consecutive_skips, "faults.max_consecutive_skips", minimum=0)
+  ck.require(f.loss_spike_factor == 0 or f.loss_spike_factor > 1, "faults.loss_spike_factor",
+             f"must be 0 (off) or > 1, got {f.loss_spike_factor}")
+  faults = FaultSpec(f.nonfinite, f.max_consecutive_skips, float(f.loss_spike_factor),
+                     f.bad_records, bool(f.verify_checkpoints),
+                     tuple(int(s) for s in f.inject_nan_steps))
+
   mesh = MeshSpec(tuple((a, config.mesh[a]) for a in MESH_AXES))
   for axis in MESH_AXES:
     size = config.mesh[axis]
@@ -355,4 +395,4 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1) -> Exper
   if ck.errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(ck.errors))
   return ExperimentSpec(config.experiment, data, model, diff, optim, train, sample, checkpoint,
-                        logging_spec, mesh, eval_spec)
+                        logging_spec, mesh, eval_spec, faults)

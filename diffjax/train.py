@@ -2,8 +2,11 @@
 
 The loop logs only at log steps (metrics are summed on device in between, no host syncs),
 writes sample grids from the EMA parameters, and checkpoints state and data position
-asynchronously. A second launch on the same workdir resumes from its latest checkpoint and
-continues exactly as an uninterrupted run would.
+asynchronously. A second launch on the same workdir resumes from its latest complete, verified
+checkpoint and continues exactly as an uninterrupted run would. Faults follow the config's
+policies (see diffjax/faults.py for the exit codes): SIGTERM saves the current step and exits,
+non-finite updates are skipped and counted (abort after a streak), unreadable records are
+skipped and counted or stop the run, a failed save names the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax import data as data_lib
 from diffjax import images, parallel, workdir as workdir_lib
+from diffjax.faults import DataError, NumericalAbort, Preempted, PreemptionWatcher, RunFault
 from diffjax.generate import Generator, grid_labels
 from diffjax.parallel.rules import DATA_PARALLEL_RULES
-from diffjax.spec import ExperimentSpec, build_spec, mesh_size
-from diffjax.training import (Checkpointer, MetricsWriter, Progress, parameter_count,
-                              train_step)
+from diffjax.spec import ConfigError, ExperimentSpec, build_spec, mesh_size
+from diffjax.training import Checkpointer, MetricsWriter, Progress, parameter_count, train_step
 from diffjax.training.setup import image_shape, setup_state
+
+_AVERAGED = ("loss", "grad_norm")  # metrics averaged over a log interval; others: last value
 
 
 def log(message: str) -> None:
@@ -34,18 +40,26 @@ def make_mesh(spec: ExperimentSpec):
   return parallel.make_mesh(mesh_size(spec.mesh, jax.device_count()))
 
 
-def data_iterator(spec: ExperimentSpec):
-  """This process's checkpointable batch iterator."""
+def data_source(spec: ExperimentSpec, split: str | None = None):
   d = spec.data
-  source = data_lib.make_source(d.source, name=d.name, split=d.split, data_dir=d.data_dir,
-                                path=d.path, image_key=d.image_key, label_key=d.label_key)
+  try:
+    source = data_lib.make_source(d.source, name=d.name, split=split or d.split,
+                                  data_dir=d.data_dir, path=d.path, image_key=d.image_key,
+                                  label_key=d.label_key)
+  except ValueError as e:
+    raise ConfigError(f"config.data: {e}") from e
+  return data_lib.GuardedSource(source, spec.faults.bad_records,
+                                name=f"{d.source} {d.name or d.path or ''} {split or d.split}")
+
+
+def data_iterator(spec: ExperimentSpec, source, start_batch: int = 0):
+  """This process's checkpointable batch iterator, starting at global batch ``start_batch``."""
+  d = spec.data
   options = data_lib.PipelineOptions(
       image_size=d.image_size, channels=d.channels, random_flip=d.random_flip,
-      batch_size=d.batch_size, num_workers=d.num_workers,
-      seed=spec.train.seed)
-  dataset = data_lib.make_dataset(source, options, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
-  return iter(dataset), len(source)
+      batch_size=d.batch_size, num_workers=d.num_workers, seed=spec.train.seed)
+  return iter(data_lib.make_dataset(source, options, process_index=jax.process_index(),
+                                    process_count=jax.process_count(), start_batch=start_batch))
 
 
 def make_sample_generator(setup, spec: ExperimentSpec, mesh) -> Generator:
@@ -76,6 +90,31 @@ def run_periodic_eval(evaluator, generate: Generator, params, spec: ExperimentSp
   return {f"eval/{k}": v for k, v in scores.items()}
 
 
+def _next_batch(iterator, step: int):
+  try:
+    return next(iterator)
+  except RunFault:
+    raise
+  except Exception as e:  # a worker's error arrives as whatever grain wraps it in
+    if "unreadable" in str(e) or isinstance(e, DataError):
+      raise DataError(f"at step {step}: {e}") from e
+    raise
+
+
+def _check_numerics(spec: ExperimentSpec, logged: dict, step: int, ckpt: Checkpointer):
+  streak = int(logged.get("streak", 0))
+  f = spec.faults
+  if streak and (f.nonfinite == "abort" or
+                 (f.max_consecutive_skips and streak >= f.max_consecutive_skips)):
+    good = ckpt.all_steps()
+    raise NumericalAbort(
+        f"training aborted at step {step}: {streak} consecutive update(s) skipped "
+        f"(non-finite or spiking loss; last logged loss {logged.get('loss')!r}, grad_norm "
+        f"{logged.get('grad_norm')!r}) since step {step - streak + 1}. Last good checkpoint: "
+        f"{'step %d in %s' % (good[-1], ckpt.directory) if good else 'none'}. Lower "
+        f"optim.lr, raise optim.grad_clip or check the data, then relaunch to resume.")
+
+
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the experiment described by ``config`` in ``workdir``.
 
@@ -88,26 +127,31 @@ def train(config, workdir: str) -> dict:
   workdir = workdir_lib.prepare(workdir, config, write=is_main)
   mesh = make_mesh(spec)
   setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
-  iterator, num_examples = data_iterator(spec)
-  ckpt = Checkpointer(workdir / "checkpoints", spec.checkpoint)
+  source = data_source(spec)
+  iterator = data_iterator(spec, source)
+  ckpt = Checkpointer(workdir / "checkpoints", spec.checkpoint,
+                      verify=spec.faults.verify_checkpoints, log=log)
   log(f"experiment {spec.experiment!r}: {spec.model.name} with "
       f"{parameter_count(setup.abstract.params) / 1e6:.2f}M parameters, "
-      f"{num_examples} training examples, mesh {dict(mesh.shape)} over {jax.device_count()} "
+      f"{len(source)} training examples, mesh {dict(mesh.shape)} over {jax.device_count()} "
       f"device(s) in {jax.process_count()} process(es)")
 
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state = ckpt.restore(latest, setup.abstract, iterator)
-    log(f"resumed from checkpoint at step {latest} in {workdir}")
-  else:
+  state, restored_step, data_restored = ckpt.restore_latest(setup.abstract, iterator)
+  if state is None:
     state = setup.init(jax.random.PRNGKey(spec.train.seed))
+  else:
+    log(f"resumed from checkpoint at step {restored_step} in {workdir}")
+    if not data_restored:
+      iterator = data_iterator(spec, source, start_batch=restored_step)
 
   batch_sharding = parallel.batch_sharding(mesh)
   step_fn = jax.jit(
       functools.partial(train_step, model=setup.model, diffusion_spec=spec.diffusion,
                         optimizer=setup.optimizer, lr_schedule=setup.lr_schedule,
                         ema_decay=spec.train.ema_decay, ema_warmup=spec.train.ema_warmup,
-                        conditional=spec.model.conditional),
+                        conditional=spec.model.conditional,
+                        loss_spike_factor=spec.faults.loss_spike_factor,
+                        inject_nan_steps=spec.faults.inject_nan_steps),
       in_shardings=(setup.shardings, batch_sharding),
       out_shardings=(setup.shardings, parallel.replicated(mesh)), donate_argnums=0)
   generate = make_sample_generator(setup, spec, mesh)
@@ -120,29 +164,40 @@ def train(config, workdir: str) -> dict:
   step = int(jax.device_get(state.step))
   progress = Progress(step, total, spec.data.batch_size, enabled=is_main)
   sample_rng = jax.random.PRNGKey(spec.train.seed + 1)
-  sums, count, last = None, 0, {}
+  watcher = PreemptionWatcher()
+  sums, count, last, bad_records = None, 0, {}, 0
 
   try:
     while step < total:
-      batch = parallel.global_batch(next(iterator), batch_sharding)
-      state, metrics = step_fn(state, batch)
+      local = _next_batch(iterator, step)
+      bad_records += int(np.sum(local.pop("bad_records", 0)))
+      state, metrics = step_fn(state, parallel.global_batch(local, batch_sharding))
       step += 1
       # Sum metrics on device; read them back only at log steps.
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      averaged = {k: metrics[k] for k in _AVERAGED}
+      sums = averaged if sums is None else jax.tree.map(jnp.add, sums, averaged)
       count += 1
       if step % spec.logging.log_every == 0 or step == total:
-        last = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-        last["lr"] = float(jax.device_get(metrics["lr"]))
+        fetched = jax.device_get((sums, metrics))
+        last = {k: float(v) / count for k, v in fetched[0].items()}
+        last.update({k: float(v) for k, v in fetched[1].items() if k not in _AVERAGED})
+        last["bad_records"] = float(bad_records)
         last.update(progress.update(step))
         writer.write(step, last)
         progress.line(step, last)
         sums, count = None, 0
+        _check_numerics(spec, last, step, ckpt)
       if spec.sample.every_steps and step % spec.sample.every_steps == 0 and step != total:
         write_sample_grid(generate, state.ema_params, spec,
                           workdir / "samples" / f"step_{step:07d}.png", sample_rng)
       if evaluator and (step % spec.eval.every_steps == 0 or step == total):
         last.update(run_periodic_eval(evaluator, generate, state.ema_params, spec, step))
         writer.write(step, last)
+      if watcher.should_stop(step):
+        ckpt.save(step, state, iterator, force=True)
+        ckpt.wait()
+        raise Preempted(f"{watcher.signal_name} received: saved the checkpoint of step {step} "
+                        f"in {ckpt.directory}; launch again with the same --workdir to resume")
       if step % spec.checkpoint.every_steps == 0 or step == total:
         ckpt.save(step, state, iterator, metrics=last or None)
     ckpt.wait()
@@ -151,10 +206,12 @@ def train(config, workdir: str) -> dict:
                         workdir / "samples" / f"step_{step:07d}.png", sample_rng)
     checkpoints = ckpt.all_steps()
   finally:
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    watcher.close()
+    try:
+      ckpt.close()
+    finally:
+      writer.close()
   summary = {"step": step, "metrics": last, "seconds": time.time() - start_time,
              "checkpoints": checkpoints, "workdir": str(workdir)}
-  log(f"finished at step {step} in {summary['seconds']:.0f}s; samples in {workdir / 'samples'}")
+  log(f"finished at step {step} in {summary['seconds']:.0f}s; outputs in {workdir}")
   return summary

@@ -119,9 +119,9 @@ def _restore(workdir, spec):
   mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
   ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints", spec.checkpoint)
-  step = ckpt.latest_step()
-  state = jax.device_get(ckpt.restore(step, setup.abstract))
+  state, step, _ = ckpt.restore_latest(setup.abstract)
   ckpt.close()
+  state = jax.device_get(state)
   return step, state
 
 

@@ -2,5 +2,5 @@
 training."""
 
 from diffjax.data.pipeline import PipelineOptions, iterate_once, make_dataset
-from diffjax.data.sources import (ArrayRecordSource, ArraySource, TFDSSource, digits_source,
-                                  make_source)
+from diffjax.data.sources import (ArrayRecordSource, ArraySource, GuardedSource, TFDSSource,
+                                  digits_source, make_source)

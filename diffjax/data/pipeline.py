@@ -65,7 +65,8 @@ def preprocess(example: dict[str, Any], rng: np.random.Generator, *, image_size:
   if random_flip and rng.random() < 0.5:
     image = image[:, ::-1]
   return {"image": image.astype(np.float32) / 127.5 - 1.0,
-          "label": np.int32(example.get("label", -1))}
+          "label": np.int32(example.get("label", -1)),
+          "bad_records": np.int32(example.get("bad_records", 0))}
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -104,17 +105,20 @@ class _ProcessSlice(grain.MapDataset):
 
 
 def make_dataset(source, options: PipelineOptions, *, process_index: int = 0,
-                 process_count: int = 1) -> grain.IterDataset:
+                 process_count: int = 1, start_batch: int = 0) -> grain.IterDataset:
   """The batched, infinitely repeating dataset for one process.
 
   Args:
     source: a random-access source (see `diffjax.data.sources`).
     options: image and batch options; ``batch_size`` is the global batch.
     process_index, process_count: which rows of each global batch this process reads.
+    start_batch: index of the first global batch (to resume by position when no iterator
+      state fits, e.g. after the number of processes changed).
 
   Returns:
-    A Grain ``IterDataset`` of ``{"image": float32 [b, H, W, C], "label": int32 [b]}`` with
-    ``b = batch_size / process_count``.
+    A Grain ``IterDataset`` of ``{"image": float32 [b, H, W, C], "label": int32 [b],
+    "bad_records": int32 [b]}`` with ``b = batch_size / process_count``; ``bad_records`` counts
+    unreadable records skipped (see `GuardedSource`).
   """
   if options.batch_size % process_count:
     raise ValueError(f"global batch {options.batch_size} is not divisible by the "
@@ -125,7 +129,10 @@ def make_dataset(source, options: PipelineOptions, *, process_index: int = 0,
                                        random_flip=options.random_flip))
   if process_count > 1:
     ds = _ProcessSlice(ds, options.batch_size, process_index, process_count)
-  ds = ds.batch(options.batch_size // process_count, drop_remainder=True).to_iter_dataset()
+  local = options.batch_size // process_count
+  if start_batch:
+    ds = ds[start_batch * local:]
+  ds = ds.batch(local, drop_remainder=True).to_iter_dataset()
   if options.num_workers > 0:
     _ensure_absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.num_workers))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from diffjax.data.records import decode_record
+from diffjax.faults import DataError
 
 SOURCE_KINDS = ("digits", "tfds", "array_record")
 
@@ -57,7 +58,11 @@ class TFDSSource:
 
   def __init__(self, name: str, split: str, data_dir: str = "", image_key: str = "image",
                label_key: str = "label"):
-    import tensorflow_datasets as tfds
+    try:
+      import tensorflow_datasets as tfds
+    except ImportError as e:
+      raise ValueError("data.source=tfds but tensorflow-datasets is not installed; "
+                       "pip install -r requirements.txt") from e
     try:
       self._source = tfds.data_source(name, split=split, data_dir=data_dir or None)
     except Exception as e:  # TFDS raises many types; the message must name the dataset
@@ -102,6 +107,40 @@ class ArrayRecordSource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = decode_record(self._source[index])
     return {"image": record["image"], "label": int(record.get("label", -1))}
+
+
+class GuardedSource:
+  """Applies the bad-record policy to any source.
+
+  ``"skip"``: an unreadable or empty record is replaced by the next readable one (so batches
+  keep their shape and the order stays deterministic) and ``bad_records`` in the returned
+  example counts the records skipped for it. ``"stop"``: raise `DataError` naming the record.
+  """
+
+  def __init__(self, source, policy: str = "skip", name: str = "data source"):
+    if policy not in ("skip", "stop"):
+      raise ValueError(f"bad-record policy must be skip or stop, got {policy!r}")
+    self.source, self.policy, self.name = source, policy, name
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    n = len(self.source)
+    errors = []
+    for offset in range(min(n, 100)):
+      j = (index + offset) % n
+      try:
+        example = self.source[j]
+        if np.asarray(example["image"]).size == 0:
+          raise ValueError("empty image")
+        return {**example, "bad_records": offset}
+      except Exception as e:  # decoding raises many types; policy decides what happens
+        if self.policy == "stop":
+          raise DataError(f"record {j} of {self.name} is unreadable: {e}") from e
+        errors.append(f"record {j}: {e}")
+    raise DataError(f"{len(errors)} consecutive unreadable records in {self.name} from index "
+                    f"{index}: {errors[:3]}")
 
 
 def make_source(kind: str, *, name: str = "", split: str = "train", data_dir: str = "",

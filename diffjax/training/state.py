@@ -21,6 +21,9 @@ class TrainState:
     ema_params: exponential moving average of ``params``, used for sampling.
     opt_state: optimiser state.
     rng: base PRNG key; step k uses ``fold_in(rng, k)``, so no key is ever carried forward.
+    skipped: int32, updates skipped so far (non-finite loss or gradients, loss spikes).
+    streak: int32, consecutive skipped updates up to now.
+    loss_avg: float32, running mean of accepted losses (loss-spike detection; 0 = unset).
   """
 
   step: jax.Array
@@ -28,6 +31,9 @@ class TrainState:
   ema_params: Any
   opt_state: Any
   rng: jax.Array
+  skipped: jax.Array
+  streak: jax.Array
+  loss_avg: jax.Array
 
 
 def create_train_state(rng, *, model: nn.Module, optimizer: optax.GradientTransformation,
@@ -41,8 +47,10 @@ def create_train_state(rng, *, model: nn.Module, optimizer: optax.GradientTransf
   labels = jnp.zeros((1,), jnp.int32) if conditional else None
   params = model.init({"params": init_rng, "dropout": init_rng}, x, jnp.zeros((1,)), labels)[
       "params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=optimizer.init(params), rng=state_rng)
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, ema_params=params,
+                    opt_state=optimizer.init(params), rng=state_rng, skipped=zero, streak=zero,
+                    loss_avg=jnp.zeros((), jnp.float32))
 
 
 def parameter_count(params) -> int:

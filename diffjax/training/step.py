@@ -47,25 +47,51 @@ def loss_fn(params, batch, rng, *, model: nn.Module, spec: DiffusionSpec, condit
 
 def train_step(state: TrainState, batch, *, model: nn.Module, diffusion_spec: DiffusionSpec,
                optimizer: optax.GradientTransformation, lr_schedule: Callable,
-               ema_decay: float, ema_warmup: bool, conditional: bool):
+               ema_decay: float, ema_warmup: bool, conditional: bool,
+               loss_spike_factor: float = 0.0, inject_nan_steps: tuple[int, ...] = ()):
   """One optimisation step.
+
+  An update whose loss or gradients are not finite (or, with ``loss_spike_factor > 0``, whose
+  loss exceeds that factor times the running mean of accepted losses) is skipped: parameters,
+  EMA and optimiser state stay as they were, the step counter still advances, and
+  ``skipped`` / ``streak`` count it. The host decides whether to abort (see the training job).
 
   Args:
     state: the current `TrainState`.
     batch: ``{"image": float32 [B, H, W, C] in [-1, 1], "label": int32 [B]}``.
+    loss_spike_factor: loss-spike threshold (0 disables).
+    inject_nan_steps: fault injection for tests: steps whose loss is replaced by NaN.
 
   Returns:
-    ``(new_state, metrics)`` with scalar metrics ``loss``, ``grad_norm``, ``lr``.
+    ``(new_state, metrics)`` with scalar metrics ``loss``, ``grad_norm``, ``lr``, ``skipped``
+    (total so far) and ``streak`` (consecutive skips).
   """
   rng = jax.random.fold_in(state.rng, state.step)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, _), grads = grad_fn(state.params, batch, rng, model=model, spec=diffusion_spec,
-                             conditional=conditional)
+
+  def objective(params):
+    loss, per_example = loss_fn(params, batch, rng, model=model, spec=diffusion_spec,
+                                conditional=conditional)
+    if inject_nan_steps:
+      loss = loss * jnp.where(jnp.isin(state.step, jnp.asarray(inject_nan_steps)), jnp.nan, 1.0)
+    return loss, per_example
+
+  (loss, _), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  grad_norm = optax.tree.norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  if loss_spike_factor > 0:
+    ok &= (state.loss_avg == 0) | (loss <= loss_spike_factor * state.loss_avg)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, ema_decay, ema_warmup)
   ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                            opt_state=opt_state)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_schedule(state.step)}
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  loss_avg = jnp.where(state.loss_avg == 0, loss, 0.99 * state.loss_avg + 0.01 * loss)
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
+      skipped=state.skipped + (~ok).astype(jnp.int32),
+      streak=jnp.where(ok, 0, state.streak + 1),
+      loss_avg=jnp.where(ok, loss_avg, state.loss_avg))
+  metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step),
+             "skipped": new_state.skipped, "streak": new_state.streak}
   return new_state, metrics

@@ -1,0 +1,62 @@
+"""Throughput of FID feature extraction (images/s) with the standard Inception-v3.
+
+Runs the jitted, sharded Flax network on 32x32 uint8 images (resized to 299 inside), after
+compilation, and writes ``features_<backend>.json`` / ``.md`` beside this file. Needs the
+converted weights (see diffjax/evaluation/inception_weights.py) or ``--source`` to convert.
+
+  python experiments/benchmarks/feature_throughput.py --source ../shared/assets/inception/inception-2015-12-05-fid.torchscript.pt
+"""
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("source", None, "weight file to convert if the cache is empty")
+flags.DEFINE_string("cache_dir", None, "converted-weights folder")
+flags.DEFINE_integer("batch", 64, "images per device call")
+flags.DEFINE_integer("batches", 4, "timed calls")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  if os.environ.get("JAX_PLATFORMS", "") in ("", "cpu"):
+    from diffjax.parallel.distributed import split_host_into_devices
+    split_host_into_devices(FLAGS.batch)
+  import jax
+  import numpy as np
+
+  from diffjax import parallel
+  from diffjax.evaluation import features
+  mesh = parallel.make_mesh({"data": jax.device_count(), "fsdp": 1, "tensor": 1})
+  net = features.inception_net(mesh, cache_dir=FLAGS.cache_dir, source=FLAGS.source,
+                               batch_size=FLAGS.batch)
+  x = np.random.default_rng(0).integers(0, 256, (FLAGS.batch, 32, 32, 3)).astype(np.uint8)
+  t0 = time.perf_counter()
+  net(x)
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(FLAGS.batches):
+    net(x)
+  dt = (time.perf_counter() - t0) / FLAGS.batches
+  row = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+         "devices": jax.device_count(), "batch": FLAGS.batch,
+         "images_per_s": round(FLAGS.batch / dt, 1), "compile_s": round(compile_s, 1),
+         "jax": jax.__version__, "cpu_count": os.cpu_count()}
+  out = pathlib.Path(__file__).parent
+  (out / f"features_{row['backend']}.json").write_text(json.dumps(row, indent=1))
+  (out / f"features_{row['backend']}.md").write_text(
+      "| backend | device | devices | batch | images/s | compile s |\n|---|---|---|---|---|---|\n"
+      f"| {row['backend']} | {row['device']} | {row['devices']} | {row['batch']} | "
+      f"{row['images_per_s']} | {row['compile_s']} |\n")
+  print(json.dumps(row))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,167 @@
+"""Fault-injection scenarios on real launch.py runs, shared by tests/test_faults.py (a few
+cases, in CI) and experiments/reliability/run.py (many cases, recorded in the README).
+
+Every scenario trains the tiny default config into a workdir, interrupts or damages it, relaunches
+until the run completes, and compares the final checkpoint with an uninterrupted run's, array by
+array and bit for bit.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from launch_util import ROOT, launch, subprocess_env
+
+STEPS = 24
+EXIT_PREEMPTED = 42
+
+
+def base_args(workdir, steps=STEPS, every=4, extra=()):
+  return ["--config", "configs/default.py:tiny", "--workdir", str(workdir),
+          f"--config.train.num_steps={steps}", f"--config.checkpoint.every_steps={every}",
+          "--config.logging.log_every=1", "--config.sample.at_end=False",
+          "--config.data.num_workers=2", *extra]
+
+
+def final_arrays(workdir) -> dict[str, np.ndarray]:
+  """Every array of the newest checkpoint's train state, plus the data iterator state text."""
+  import orbax.checkpoint as ocp
+  ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+  step = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+  restored = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
+  flat = {}
+
+  def walk(tree, prefix):
+    if isinstance(tree, dict):
+      for k, v in tree.items():
+        walk(v, f"{prefix}/{k}")
+    elif isinstance(tree, (list, tuple)):
+      for k, v in enumerate(tree):
+        walk(v, f"{prefix}/{k}")
+    else:
+      flat[prefix] = np.asarray(tree)
+
+  walk(restored, "")
+  flat["__step__"] = np.asarray(step)
+  data = sorted((ckpt_dir / str(step) / "data").glob("*.json"))
+  flat["__data__"] = np.asarray([p.read_text() for p in data])
+  return flat
+
+
+def identical(a: dict, b: dict) -> bool:
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def reference_run(workdir) -> dict:
+  launch(*base_args(workdir))
+  return final_arrays(workdir)
+
+
+def _start(args, quiet: bool = False):
+  """Starts launch.py; ``quiet`` discards its output (nobody drains the pipes then)."""
+  out = subprocess.DEVNULL if quiet else subprocess.PIPE
+  return subprocess.Popen([sys.executable, "launch.py", *args], cwd=ROOT, env=subprocess_env(),
+                          stdout=out, stderr=out, text=True)
+
+
+def sigterm_at(workdir, at_step: int, second_signal: bool = False) -> dict:
+  """SIGTERM once the run has logged ``at_step`` (and optionally again right away while it
+  saves); relaunch to completion. Returns what happened."""
+  proc = _start(base_args(workdir))
+  logged = 0
+  for line in proc.stdout:
+    m = re.match(r"step (\d+)/", line)
+    if m:
+      logged = int(m.group(1))
+      if logged >= at_step:
+        proc.send_signal(signal.SIGTERM)
+        if second_signal:
+          time.sleep(0.05)
+          proc.send_signal(signal.SIGTERM)
+        break
+  out, err = proc.communicate(timeout=300)
+  saved = [int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
+           if p.name.isdigit()]
+  result = {"exit_code": proc.returncode, "signal_step": logged,
+            "saved_step": max(saved) if saved else 0, "stderr": err[-2000:]}
+  # Steps lost = progress beyond the newest checkpoint (0 when the preempted save happened).
+  result["steps_lost"] = max(0, logged - result["saved_step"])
+  resume = launch(*base_args(workdir))
+  result["resumed_from"] = _resumed_from(resume.stdout)
+  return result
+
+
+def sigkill_mid_save(workdir, nth_save: int) -> dict:
+  """SIGKILL the moment the nth checkpoint's temporary folder appears (a save in progress)."""
+  proc = _start(base_args(workdir, every=2), quiet=True)
+  ckpt = pathlib.Path(workdir) / "checkpoints"
+  seen, killed_during_save = set(), False
+  deadline = time.time() + 240
+  while proc.poll() is None and time.time() < deadline:
+    if ckpt.exists():
+      tmp = {p.name for p in ckpt.iterdir() if ".orbax-checkpoint-tmp" in p.name}
+      seen |= tmp
+      if len(seen) >= nth_save and tmp:
+        proc.send_signal(signal.SIGKILL)
+        killed_during_save = True
+        break
+    time.sleep(0.002)
+  proc.communicate(timeout=120)
+  partial_left = any(".orbax-checkpoint-tmp" in p.name for p in ckpt.iterdir())
+  resume = launch(*base_args(workdir))
+  return {"killed_during_save": killed_during_save, "partial_folder_left": partial_left,
+          "reported_incomplete": "incomplete checkpoint folder" in resume.stderr,
+          "resumed_from": _resumed_from(resume.stdout)}
+
+
+def sigkill_after(workdir, seconds: float) -> dict:
+  """SIGKILL at a given time after start (anywhere: compiling, stepping or saving)."""
+  proc = _start(base_args(workdir, every=3), quiet=True)
+  try:
+    proc.wait(timeout=seconds)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=120)
+  resume = launch(*base_args(workdir))
+  return {"resumed_from": _resumed_from(resume.stdout)}
+
+
+def damage_latest(workdir, mode: str) -> dict:
+  """Truncate or alter a file of the newest checkpoint, then relaunch: the previous checkpoint
+  must be used, with a warning, and the run must still end identical."""
+  ckpt = pathlib.Path(workdir) / "checkpoints"
+  latest = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+  files = sorted((p for p in (ckpt / str(latest) / "state").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  victim = files[-1]
+  raw = victim.read_bytes()
+  if mode == "truncate":
+    victim.write_bytes(raw[: len(raw) // 2])
+  else:
+    mid = len(raw) // 2
+    victim.write_bytes(raw[:mid] + bytes([raw[mid] ^ 0xFF]) + raw[mid + 1:])
+  resume = launch(*base_args(workdir))
+  return {"damaged_step": latest, "warned": "is damaged" in resume.stderr,
+          "resumed_from": _resumed_from(resume.stdout)}
+
+
+def _resumed_from(stdout: str) -> int | None:
+  m = re.search(r"resumed from checkpoint at step (\d+)", stdout)
+  return int(m.group(1)) if m else None
+
+
+def fresh(path) -> pathlib.Path:
+  path = pathlib.Path(path)
+  if path.exists():
+    shutil.rmtree(path)
+  return path
+
+

@@ -1,0 +1,48 @@
+"""Evaluation end to end through launch.py with the domain classifier: reference statistics,
+in-training evaluation, the eval job with several seeds and bits/dim, and refusal of a
+mismatched reference."""
+
+import json
+
+from diffjax.training.logger import read_metrics
+from launch_util import launch
+
+COMMON = ["--config", "configs/default.py:tiny", "--config.eval.feature_net=domain",
+          "--config.eval.classifier_steps=60", "--config.sample.at_end=False",
+          "--config.eval.kid_subset_size=16", "--config.eval.batch_size=24"]
+
+
+def test_reference_train_eval_and_mismatch(tmp_path):
+  w = tmp_path / "run"
+  missing = launch(*COMMON, "--workdir", w, "--mode", "eval", check=False)
+  assert missing.returncode == 2 and "no domain classifier" in missing.stderr
+
+  launch(*COMMON, "--workdir", w, "--mode", "ref_stats")
+  ref = json.loads((w / "eval" / "ref_domain_test.json").read_text())
+  assert ref["num_images"] == 180 and 0.0 <= ref["classifier_accuracy"] <= 1.0
+  assert ref["fingerprint"]["split"] == "test" and len(ref["fingerprint"]["weights_sha256"]) == 64
+
+  launch(*COMMON, "--workdir", w, "--config.train.num_steps=6", "--config.eval.every_steps=3",
+         "--config.eval.train_num_samples=24")
+  logged = [m for m in read_metrics(w) if "eval/fd" in m]
+  assert [m["step"] for m in logged] == [3, 6]
+  assert {"eval/kid", "eval/precision", "eval/recall", "eval/class_accuracy"} <= set(logged[0])
+
+  launch(*COMMON, "--workdir", w, "--mode", "eval", "--config.eval.num_samples=24",
+         "--config.eval.seeds=2", "--config.eval.likelihood=ode",
+         "--config.eval.likelihood_num=4", "--config.eval.likelihood_batch=4",
+         "--config.eval.name=smoke")
+  result = json.loads((w / "eval" / "smoke.json").read_text())
+  assert result["checkpoint_step"] == 6 and result["seeds"] == 2
+  m = result["metrics"]
+  assert m["fd"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["class_accuracy"] <= 1
+  assert result["intervals"]["fd"]["ci95_low"] <= m["fd"] <= result["intervals"]["fd"]["ci95_high"]
+  assert m["bits_per_dim"] > 0 and m["likelihood_images"] == 4
+  assert (w / "eval" / "smoke.png").exists()
+
+  other = launch(*COMMON, "--workdir", w, "--mode", "eval", "--config.eval.ref_split=train",
+                 "--config.eval.ref_path=" + str(w / "eval" / "ref_domain_test.npz"),
+                 check=False)
+  assert other.returncode == 2, other.stderr
+  assert "computed for different data" in other.stderr
+  assert "split: reference has 'test', evaluation expects 'train'" in other.stderr

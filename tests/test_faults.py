@@ -1,0 +1,162 @@
+"""Fault injection: preemption, kills mid-save, damaged checkpoints, NaNs, bad records, a full
+disk, resharded restores. Every interrupted run must end bit-identical to an uninterrupted one.
+(experiments/reliability/run.py runs more cases of the same scenarios for the README.)"""
+
+import errno
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+import fault_injection as fi
+from configs import default
+from diffjax import parallel
+from diffjax.data import convert, records
+from diffjax.faults import CheckpointError
+from diffjax.parallel.rules import DATA_PARALLEL_RULES
+from diffjax.spec import build_spec
+from diffjax.train import train
+from diffjax.training import Checkpointer, read_metrics
+from diffjax.training.setup import setup_state
+from launch_util import launch
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  return fi.reference_run(tmp_path_factory.mktemp("reference") / "run")
+
+
+@pytest.mark.parametrize("at_step,second", [(7, False), (15, True)])
+def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, reference, at_step, second):
+  result = fi.sigterm_at(tmp_path / "run", at_step, second_signal=second)
+  assert result["exit_code"] == fi.EXIT_PREEMPTED, result["stderr"]
+  assert "saved the checkpoint of step" in result["stderr"]
+  assert result["steps_lost"] == 0 and result["resumed_from"] == result["saved_step"]
+  assert fi.identical(fi.final_arrays(tmp_path / "run"), reference)
+
+
+def test_sigkill_in_the_middle_of_a_save(tmp_path, reference):
+  result = fi.sigkill_mid_save(tmp_path / "run", nth_save=3)
+  assert result["killed_during_save"]
+  assert result["resumed_from"] is not None
+  assert fi.identical(fi.final_arrays(tmp_path / "run"), reference)
+
+
+@pytest.mark.parametrize("mode", ["truncate", "alter"])
+def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, reference, mode):
+  w = tmp_path / "run"
+  fi.launch(*fi.base_args(w, steps=16))
+  result = fi.damage_latest(w, mode)
+  assert result["warned"] and result["resumed_from"] == result["damaged_step"] - 4
+  assert fi.identical(fi.final_arrays(w), reference)
+
+
+def _tiny(**overrides):
+  c = default.get_config("tiny")
+  c.sample.at_end = False
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
+
+
+def test_nan_updates_are_skipped_and_counted(tmp_path):
+  summary = train(_tiny(**{"train.num_steps": 8, "logging.log_every": 1,
+                           "faults.inject_nan_steps": (3, 4)}), str(tmp_path / "run"))
+  rows = {r["step"]: r for r in read_metrics(tmp_path / "run")}
+  assert np.isnan(rows[4]["loss"]) and rows[4]["skipped"] == 1 and rows[4]["streak"] == 1
+  assert rows[5]["skipped"] == 2 and rows[6]["streak"] == 0 and np.isfinite(rows[8]["loss"])
+  assert summary["step"] == 8
+
+
+def test_a_streak_of_nans_aborts_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+  w = tmp_path / "run"
+  result = launch(*fi.base_args(w, steps=20, extra=[
+      "--config.faults.inject_nan_steps=(9,10,11,12,13,14)",
+      "--config.faults.max_consecutive_skips=3"]), check=False)
+  assert result.returncode == 3, result.stderr
+  assert "training aborted at step 12: 3 consecutive update(s) skipped" in result.stderr
+  assert "since step 10" in result.stderr and "Last good checkpoint: step 8" in result.stderr
+  steps = sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps[-1] == 8
+
+
+def _corrupt_shards(path: pathlib.Path):
+  from diffjax.data import digits_source
+  src = digits_source("test")
+  recs = [records.encode_record(records.encode_png(src[i]["image"]), src[i]["label"])
+          for i in range(len(src))]
+  for i in (5, 77, 150):
+    recs[i] = b"\x00garbage"
+  convert.write_shards(recs, path, "train", num_shards=2)
+
+
+def test_bad_records_are_skipped_and_counted_or_stop_the_run(tmp_path):
+  _corrupt_shards(tmp_path / "shards")
+  args = ["--config.data.source=array_record", f"--config.data.path={tmp_path / 'shards'}",
+          "--config.data.batch_size=64"]
+  launch(*fi.base_args(tmp_path / "skip", steps=6, extra=args))
+  rows = read_metrics(tmp_path / "skip")
+  assert rows[-1]["bad_records"] >= 1  # 384 draws over 180 records meet the bad ones
+  stop = launch(*fi.base_args(tmp_path / "stop", steps=6,
+                              extra=args + ["--config.faults.bad_records=stop",
+                                            "--config.data.num_workers=0"]), check=False)
+  assert stop.returncode == 4, stop.stderr
+  assert "is unreadable" in stop.stderr and "record" in stop.stderr
+
+
+def test_full_disk_during_a_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+  real_save = ocp.CheckpointManager.save
+
+  def failing_save(self, step, *args, **kwargs):
+    if step >= 8:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+  with pytest.raises(CheckpointError, match="Last good checkpoint: step 4 in .*left untouched"):
+    train(_tiny(**{"train.num_steps": 12, "checkpoint.every_steps": 4}), str(tmp_path / "run"))
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+  spec = build_spec(_tiny(), num_devices=8)
+  mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  ckpt = Checkpointer(tmp_path / "run" / "checkpoints", spec.checkpoint)
+  assert ckpt.verify(4) == (True, "")
+  state, step, _ = ckpt.restore_latest(setup_state(spec, mesh, DATA_PARALLEL_RULES).abstract)
+  ckpt.close()
+  assert step == 4 and int(state.step) == 4
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  result = launch(*fi.base_args(blocker / "run", steps=2), check=False)
+  assert result.returncode == 2 and "cannot write to workdir" in result.stderr
+
+
+def test_checkpoint_restores_onto_a_different_device_count(tmp_path):
+  train(_tiny(**{"train.num_steps": 4}), str(tmp_path / "run"))
+  spec = build_spec(_tiny(), num_devices=8)
+  states = []
+  for devices in (jax.devices()[:8], jax.devices()[:1], jax.devices()[:2]):
+    mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints", spec.checkpoint)
+    state, step, _ = ckpt.restore_latest(setup_state(spec, mesh, DATA_PARALLEL_RULES).abstract)
+    ckpt.close()
+    assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == len(devices)
+    states.append(jax.device_get(state))
+  for other in states[1:]:
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(other)):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_missing_dependency_is_named(tmp_path):
+  wrapper = ["-c", "import sys; sys.modules['tensorflow_datasets'] = None; import runpy; "
+             "runpy.run_path('launch.py', run_name='__main__')"]
+  result = launch(*fi.base_args(tmp_path / "run", steps=2,
+                                extra=["--config.data.source=tfds", "--config.data.name=mnist"]),
+                  check=False, prefix=wrapper)
+  assert result.returncode == 2, result.stderr
+  assert "tensorflow-datasets is not installed" in result.stderr
