@@ -11,7 +11,6 @@ skipped and counted or stop the run, a failed save names the last good checkpoin
 
 from __future__ import annotations
 
-import functools
 import pathlib
 import time
 
@@ -25,8 +24,8 @@ from diffjax.faults import DataError, NumericalAbort, Preempted, PreemptionWatch
 from diffjax.generate import Generator, grid_labels
 from diffjax.parallel.rules import DATA_PARALLEL_RULES
 from diffjax.spec import ConfigError, ExperimentSpec, build_spec, mesh_size
-from diffjax.training import Checkpointer, MetricsWriter, Progress, parameter_count, train_step
-from diffjax.training.setup import image_shape, setup_state
+from diffjax.training import Checkpointer, MetricsWriter, Progress, parameter_count
+from diffjax.training.setup import image_shape, jit_train_step, setup_state
 
 _AVERAGED = ("loss", "grad_norm")  # metrics averaged over a log interval; others: last value
 
@@ -145,15 +144,7 @@ def train(config, workdir: str) -> dict:
       iterator = data_iterator(spec, source, start_batch=restored_step)
 
   batch_sharding = parallel.batch_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=setup.model, diffusion_spec=spec.diffusion,
-                        optimizer=setup.optimizer, lr_schedule=setup.lr_schedule,
-                        ema_decay=spec.train.ema_decay, ema_warmup=spec.train.ema_warmup,
-                        conditional=spec.model.conditional,
-                        loss_spike_factor=spec.faults.loss_spike_factor,
-                        inject_nan_steps=spec.faults.inject_nan_steps),
-      in_shardings=(setup.shardings, batch_sharding),
-      out_shardings=(setup.shardings, parallel.replicated(mesh)), donate_argnums=0)
+  step_fn = jit_train_step(setup, spec, mesh)
   generate = make_sample_generator(setup, spec, mesh)
   evaluator = None
   if spec.eval.every_steps:

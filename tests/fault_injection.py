@@ -134,6 +134,37 @@ def sigkill_after(workdir, seconds: float) -> dict:
   return {"resumed_from": _resumed_from(resume.stdout)}
 
 
+def two_process_sigterm(workdir, at_step: int, port: int, steps: int = 16) -> dict:
+  """Two processes (one CPU device each) train one model; SIGTERM reaches process 1 only, once
+  process 0 has logged ``at_step``. JAX's preemption sync point must stop both at the same step,
+  both save it and exit 42; a relaunch of both resumes from it."""
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+  def start(i, out):
+    args = [*base_args(workdir, steps=steps, every=1000), "--config.data.num_workers=0",
+            "--distributed=on", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+            f"--process_id={i}"]
+    return subprocess.Popen([sys.executable, "launch.py", *args], cwd=ROOT, env=env,
+                            stdout=out, stderr=subprocess.PIPE, text=True)
+
+  procs = [start(0, subprocess.PIPE), start(1, subprocess.DEVNULL)]
+  for line in procs[0].stdout:
+    m = re.match(r"step (\d+)/", line)
+    if m and int(m.group(1)) >= at_step:
+      procs[1].send_signal(signal.SIGTERM)
+      break
+  outs = [p.communicate(timeout=300) for p in procs]
+  saved = [re.search(r"saved the checkpoint of step (\d+)", err or "") for _, err in outs]
+  result = {"exit_codes": [p.returncode for p in procs],
+            "saved_steps": [int(m.group(1)) if m else None for m in saved],
+            "stderr": outs[1][1][-2000:]}
+  procs = [start(0, subprocess.PIPE), start(1, subprocess.DEVNULL)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  result["resume_exit_codes"] = [p.returncode for p in procs]
+  result["resumed_from"] = _resumed_from(outs[0][0])
+  return result
+
+
 def damage_latest(workdir, mode: str) -> dict:
   """Truncate or alter a file of the newest checkpoint, then relaunch: the previous checkpoint
   must be used, with a warning, and the run must still end identical."""

@@ -1,8 +1,6 @@
 """Sources, converters and Grain pipelines: contents, determinism, resumability, sharding."""
 
 import gzip
-import io
-import os
 import pathlib
 import tarfile
 

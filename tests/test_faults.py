@@ -3,8 +3,8 @@ disk, resharded restores. Every interrupted run must end bit-identical to an uni
 (experiments/reliability/run.py runs more cases of the same scenarios for the README.)"""
 
 import errno
-import json
 import pathlib
+import socket
 
 import jax
 import numpy as np
@@ -42,6 +42,21 @@ def test_sigkill_in_the_middle_of_a_save(tmp_path, reference):
   assert result["killed_during_save"]
   assert result["resumed_from"] is not None
   assert fi.identical(fi.final_arrays(tmp_path / "run"), reference)
+
+
+def test_two_process_preemption_saves_the_same_step_on_both(tmp_path):
+  result = fi.two_process_sigterm(tmp_path / "run", at_step=4, port=_free_port())
+  assert result["exit_codes"] == [fi.EXIT_PREEMPTED] * 2, result["stderr"]
+  step = result["saved_steps"][0]
+  assert step is not None and result["saved_steps"] == [step, step]
+  assert (tmp_path / "run" / "checkpoints" / str(step)).is_dir()
+  assert result["resume_exit_codes"] == [0, 0] and result["resumed_from"] == step
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("mode", ["truncate", "alter"])

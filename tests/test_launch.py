@@ -2,7 +2,6 @@
 sweeps, bad configs, and two processes on localhost."""
 
 import json
-import pathlib
 import socket
 import subprocess
 import sys

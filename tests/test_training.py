@@ -16,8 +16,8 @@ from diffjax.parallel.rules import DATA_PARALLEL_RULES
 from diffjax.spec import build_spec
 from diffjax.train import train
 from diffjax.training import (Checkpointer, ema_decay_at, learning_rate_schedule, loss_fn,
-                              read_metrics, train_step)
-from diffjax.training.setup import setup_state
+                              read_metrics)
+from diffjax.training.setup import jit_train_step, setup_state
 
 
 def tiny_config(**overrides):
@@ -86,11 +86,7 @@ def test_overfits_one_fixed_batch():
 def _run_steps(mesh, spec, batches):
   setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
   bs = parallel.batch_sharding(mesh)
-  fn = jax.jit(functools.partial(train_step, model=setup.model, diffusion_spec=spec.diffusion,
-                                 optimizer=setup.optimizer, lr_schedule=setup.lr_schedule,
-                                 ema_decay=0.99, ema_warmup=True, conditional=True),
-               in_shardings=(setup.shardings, bs),
-               out_shardings=(setup.shardings, parallel.replicated(mesh)), donate_argnums=0)
+  fn = jit_train_step(setup, spec, mesh)
   state = setup.init(jax.random.PRNGKey(0))
   losses = []
   for b in batches:

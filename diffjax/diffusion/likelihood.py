@@ -18,7 +18,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from diffjax.diffusion.schedules import Schedule, broadcast_to_rank
+from diffjax.diffusion.schedules import Schedule
 
 BIN_WIDTH_8BIT = 2.0 / 255.0  # spacing of uint8 values mapped by x / 127.5 - 1
 

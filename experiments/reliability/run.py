@@ -9,7 +9,6 @@ The scenarios are those of tests/test_faults.py (tests/fault_injection.py), with
 import json
 import pathlib
 import random
-import subprocess
 import sys
 import time
 
