@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Callable
 
 import jax
@@ -34,12 +35,18 @@ class FeatureNet:
   mesh: Any
   batch_size: int = 200
 
-  def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Features of uint8 images (the same array on every process), batch by batch."""
+  def __call__(self, images: np.ndarray, progress: bool | None = None) -> dict[str, np.ndarray]:
+    """Features of uint8 images (the same array on every process), batch by batch.
+
+    ``progress`` prints images/s and the ETA about every 30 s (default: when the work is more
+    than 20 batches)."""
     sharding = parallel.batch_sharding(self.mesh)
     devices = math.prod(self.mesh.shape[a] for a in parallel.BATCH_AXES)
     step = -(-self.batch_size // devices) * devices
     outs = []
+    show = (len(images) > 20 * step if progress is None else progress) and (
+        jax.process_index() == 0)
+    start = last = time.time()
     for lo in range(0, len(images), step):
       chunk = np.asarray(images[lo:lo + step])
       n = len(chunk)
@@ -50,6 +57,11 @@ class FeatureNet:
       if jax.process_count() > 1:
         out = multihost_utils.process_allgather(out, tiled=True)
       outs.append({k: np.asarray(jax.device_get(v))[:n] for k, v in out.items()})
+      if show and time.time() - last > 30:
+        last, done = time.time(), lo + n
+        rate = done / (last - start)
+        print(f"[diffjax] {self.name} features {done}/{len(images)} | {rate:.1f} img/s | "
+              f"ETA {(len(images) - done) / rate / 60:.1f} min", flush=True)
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
