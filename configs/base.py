@@ -117,6 +117,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Parameter sharding: data_parallel | fsdp | fsdp_tensor (see diffjax/parallel/rules.py).
+  c.mesh.rules = "data_parallel"
   return c
 
 

@@ -10,7 +10,6 @@ import numpy as np
 
 from diffjax import images, workdir as workdir_lib
 from diffjax.generate import grid_labels
-from diffjax.parallel.rules import DATA_PARALLEL_RULES
 from diffjax.spec import ConfigError, ExperimentSpec, build_spec
 from diffjax.train import log, make_mesh, make_sample_generator
 from diffjax.training import Checkpointer
@@ -21,7 +20,7 @@ _CHUNK = 256  # images per device call
 
 def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh):
   """``(setup, state, step)`` from the latest checkpoint; raises ConfigError if there is none."""
-  setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
+  setup = setup_state(spec, mesh)
   ckpt = Checkpointer(workdir / "checkpoints", spec.checkpoint,
                       verify=spec.faults.verify_checkpoints, log=log)
   try:

@@ -13,6 +13,7 @@ import math
 from typing import Any, Callable
 
 from diffjax import diffusion, models
+from diffjax.parallel.rules import RULE_SETS
 
 DATA_SOURCES = ("digits", "tfds", "array_record")
 OPTIMIZERS = ("adam", "adamw")
@@ -160,6 +161,7 @@ class FaultSpec:
 @dataclasses.dataclass(frozen=True)
 class MeshSpec:
   shape: tuple[tuple[str, int], ...]  # (axis name, size or -1)
+  rules: str = "data_parallel"  # parameter sharding rule set (diffjax.parallel.rules)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +381,8 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
                      f.bad_records, bool(f.verify_checkpoints),
                      tuple(int(s) for s in f.inject_nan_steps))
 
-  mesh = MeshSpec(tuple((a, config.mesh[a]) for a in MESH_AXES))
+  mesh = MeshSpec(tuple((a, config.mesh[a]) for a in MESH_AXES), config.mesh.rules)
+  ck.one_of(config.mesh.rules, RULE_SETS, "mesh.rules")
   for axis in MESH_AXES:
     size = config.mesh[axis]
     ck.require(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}",

@@ -22,7 +22,6 @@ from diffjax import data as data_lib
 from diffjax import images, parallel, workdir as workdir_lib
 from diffjax.faults import DataError, NumericalAbort, Preempted, PreemptionWatcher, RunFault
 from diffjax.generate import Generator, grid_labels
-from diffjax.parallel.rules import DATA_PARALLEL_RULES
 from diffjax.spec import ConfigError, ExperimentSpec, build_spec, mesh_size
 from diffjax.training import Checkpointer, MetricsWriter, Progress, parameter_count
 from diffjax.training.setup import image_shape, jit_train_step, setup_state
@@ -125,7 +124,7 @@ def train(config, workdir: str) -> dict:
   is_main = jax.process_index() == 0
   workdir = workdir_lib.prepare(workdir, config, write=is_main)
   mesh = make_mesh(spec)
-  setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
+  setup = setup_state(spec, mesh)
   source = data_source(spec)
   iterator = data_iterator(spec, source)
   ckpt = Checkpointer(workdir / "checkpoints", spec.checkpoint,
@@ -134,6 +133,12 @@ def train(config, workdir: str) -> dict:
       f"{parameter_count(setup.abstract.params) / 1e6:.2f}M parameters, "
       f"{len(source)} training examples, mesh {dict(mesh.shape)} over {jax.device_count()} "
       f"device(s) in {jax.process_count()} process(es)")
+  table, sizes = parallel.sharding_report(setup.abstract, setup.shardings)
+  if is_main:
+    (workdir / "sharding.txt").write_text(table + "\n")
+  log(f"train state ({spec.mesh.rules} rules): {sizes['total_mb']:.1f} MB in all, "
+      f"{sizes['per_device_mb']:.1f} MB per device; every array's split in "
+      f"{workdir / 'sharding.txt'}")
 
   state, restored_step, data_restored = ckpt.restore_latest(setup.abstract, iterator)
   if state is None:

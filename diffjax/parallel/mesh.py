@@ -48,10 +48,43 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def logical_shardings(abstract_tree, mesh: Mesh, rules) -> Any:
   """NamedShardings for a tree whose leaves may be ``nn.Partitioned`` (logical names).
 
-  Leaves without names (step counters, rng) are replicated.
+  Leaves without names (step counters, rng) are replicated. An array axis whose length the
+  chosen mesh axis does not divide (say 3 output channels over 4 devices) stays unsplit.
   """
   specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  mesh_specs = nn.logical_to_mesh(specs, rules)
+  shapes = nn.meta.unbox(abstract_tree)
+
+  def fit(spec, leaf):
+    if not isinstance(spec, P):
+      return NamedSharding(mesh, P())
+    axes = []
+    for dim, name in zip(leaf.shape, tuple(spec) + (None,) * (len(leaf.shape) - len(spec))):
+      names = (name,) if isinstance(name, str) else tuple(name or ())
+      size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+      axes.append(name if names and dim % size == 0 else None)
+    return NamedSharding(mesh, P(*axes))
+
+  return jax.tree.map(fit, mesh_specs, shapes,
+                      is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def sharding_report(abstract_tree, shardings) -> tuple[str, dict[str, float]]:
+  """A table of every array's shape and split, and the bytes per device it adds up to."""
+  leaves = jax.tree_util.tree_leaves_with_path(abstract_tree)
+  shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  lines, total, per_device = [], 0, 0
+  for (path, leaf), sharding in zip(leaves, shard_leaves):
+    nbytes = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    local = sharding.shard_shape(leaf.shape)
+    local_bytes = int(np.prod(local)) * np.dtype(leaf.dtype).itemsize
+    total += nbytes
+    per_device += local_bytes
+    lines.append(f"{jax.tree_util.keystr(path).replace('.value', ''):90s} {str(tuple(leaf.shape)):22s} "
+                 f"{str(tuple(sharding.spec)):32s} {local_bytes / nbytes:6.3f}")
+  header = f"{'array':90s} {'shape':22s} {'mesh axes':32s} {'share':>6s}"
+  return "\n".join([header, *lines]), {"total_mb": total / 2**20,
+                                       "per_device_mb": per_device / 2**20}
 
 
 def global_batch(local_batch, sharding: NamedSharding):

@@ -20,6 +20,7 @@ import sys
 from typing import Any, Callable
 
 import grain
+from absl import logging as absl_logging
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -63,7 +64,12 @@ def _register_array_handler() -> None:
   slice the per-slice dispatch costs more than it saves (a model of many small tensors on 8
   CPU devices saved 3x slower), so small arrays are written by one replica."""
   handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=4 << 20)
-  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  previous = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about any override
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logging.set_verbosity(previous)
 
 
 class Checkpointer:

@@ -34,7 +34,9 @@ def image_shape(spec: ExperimentSpec) -> tuple[int, int, int]:
   return (spec.data.image_size, spec.data.image_size, spec.data.channels)
 
 
-def setup_state(spec: ExperimentSpec, mesh, rules) -> StateSetup:
+def setup_state(spec: ExperimentSpec, mesh, rules=None) -> StateSetup:
+  """Model, optimiser and the sharded state's layout; ``rules`` default to ``mesh.rules``."""
+  rules = parallel.get_rules(spec.mesh.rules) if rules is None else rules
   model = spec.model.build(spec.data.num_classes)
   optimizer, lr_schedule = make_optimizer(spec.optim)
   create = functools.partial(create_train_state, model=model, optimizer=optimizer,

@@ -41,7 +41,6 @@ def main(argv):
   import jax
 
   from diffjax import parallel
-  from diffjax.parallel.rules import DATA_PARALLEL_RULES
   from diffjax.spec import build_spec
   from diffjax.train import data_iterator, data_source, make_mesh
   from diffjax.training import Checkpointer, parameter_count
@@ -52,7 +51,7 @@ def main(argv):
   spec = build_spec(config, num_devices=jax.device_count())
   steps = FLAGS.steps or spec.checkpoint.every_steps
   mesh = make_mesh(spec)
-  setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
+  setup = setup_state(spec, mesh)
   step_fn = jit_train_step(setup, spec, mesh)
   batch_sharding = parallel.batch_sharding(mesh)
   source = data_source(spec)

@@ -33,7 +33,6 @@ def measure(module: str, arg, batch, steps: int):
   import numpy as np
 
   from diffjax import parallel
-  from diffjax.parallel.rules import DATA_PARALLEL_RULES
   from diffjax.spec import build_spec, mesh_size
   from diffjax.training import parameter_count, train_step
   from diffjax.training.setup import setup_state
@@ -43,7 +42,7 @@ def measure(module: str, arg, batch, steps: int):
     config.data.batch_size = batch
   spec = build_spec(config, num_devices=jax.device_count())
   mesh = parallel.make_mesh(mesh_size(spec.mesh, jax.device_count()))
-  setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
+  setup = setup_state(spec, mesh)
   bs = parallel.batch_sharding(mesh)
   fn = jax.jit(functools.partial(
       train_step, model=setup.model, diffusion_spec=spec.diffusion, optimizer=setup.optimizer,

@@ -31,8 +31,8 @@ from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("archive", str(ROOT.parent / "shared" / "assets" / "data" / "cifar10_jpeg" /
                                    "cifar10-jpeg-q75.tar.gz"), "CIFAR-10 JPEG archive")
-flags.DEFINE_integer("train_per_class", 400, "train images per class (split in two halves)")
-flags.DEFINE_integer("test_per_class", 200, "test images per class")
+flags.DEFINE_integer("train_per_class", 200, "train images per class (split in two halves)")
+flags.DEFINE_integer("test_per_class", 100, "test images per class")
 flags.DEFINE_string("weights_source", str(ROOT.parent / "shared" / "assets" / "inception" /
                                           "inception-2015-12-05-fid.torchscript.pt"),
                     "Inception weight file to convert if the cache is empty")
