@@ -59,6 +59,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 1000
   c.train.ema_decay = 0.9999
   c.train.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
+  c.train.grad_accum = 1  # micro-batches per step (gradients summed in a scan; same result)
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"

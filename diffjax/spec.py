@@ -94,6 +94,7 @@ class TrainSpec:
   ema_decay: float
   ema_warmup: bool
   seed: int
+  grad_accum: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +318,9 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
   optim = OptimSpec(o.name, float(o.lr), float(o.b1), float(o.b2), float(o.eps),
                     float(o.weight_decay), o.warmup_steps, o.schedule, float(o.grad_clip),
                     t.num_steps)
-  train = TrainSpec(t.num_steps, float(t.ema_decay), bool(t.ema_warmup), config.seed)
+  ck.positive_int(t.grad_accum, "train.grad_accum")
+  train = TrainSpec(t.num_steps, float(t.ema_decay), bool(t.ema_warmup), config.seed,
+                    t.grad_accum if isinstance(t.grad_accum, int) else 1)
 
   s = config.sample
   ck.one_of(s.sampler, tuple(diffusion.SAMPLERS), "sample.sampler")
@@ -394,6 +397,9 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
       ck.require(d.batch_size % batch_devices == 0, "data.batch_size",
                  f"{d.batch_size} is not divisible by the {batch_devices} devices of the "
                  f"mesh's data and fsdp axes")
+      ck.require(d.batch_size % (batch_devices * train.grad_accum) == 0, "train.grad_accum",
+                 f"batch {d.batch_size} does not split into {train.grad_accum} micro-batches "
+                 f"over {batch_devices} devices (need batch % (devices x grad_accum) == 0)")
 
   if ck.errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(ck.errors))

@@ -33,10 +33,17 @@ def base_args(workdir, steps=STEPS, every=4, extra=()):
 
 def final_arrays(workdir) -> dict[str, np.ndarray]:
   """Every array of the newest checkpoint's train state, plus the data iterator state text."""
+  import jax
   import orbax.checkpoint as ocp
   ckpt_dir = pathlib.Path(workdir) / "checkpoints"
   step = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
-  restored = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
+  path = ckpt_dir / str(step) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  # Restore onto this process's first device, whatever devices the run saved from.
+  on_device0 = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_device0),
+                        checkpointer.metadata(path).item_metadata.tree)
+  restored = checkpointer.restore(path, target)
   flat = {}
 
   def walk(tree, prefix):

@@ -95,7 +95,7 @@ def denoising_loss(net_fn: NetFn, x0, rng, schedule: Schedule,
                    parameterization: Parameterization, *, cond=None,
                    weighting: str = "simple", t_sampler: str = "uniform",
                    t_sampler_options: dict | None = None, min_snr_gamma: float = 5.0,
-                   sigma_data: float = 0.5, t=None):
+                   sigma_data: float = 0.5, t=None, eps=None):
   """The per-example denoising loss.
 
   Args:
@@ -110,6 +110,7 @@ def denoising_loss(net_fn: NetFn, x0, rng, schedule: Schedule,
     min_snr_gamma: gamma of ``"min_snr"``.
     sigma_data: data standard deviation for ``"edm"`` weighting.
     t: optional fixed times [batch] (then no time is sampled).
+    eps: optional fixed noise shaped like ``x0`` (then no noise is drawn).
 
   Returns:
     ``(loss, aux)``: loss of shape [batch] (mean over all non-batch axes) and a dict with the
@@ -122,7 +123,8 @@ def denoising_loss(net_fn: NetFn, x0, rng, schedule: Schedule,
   x0 = x0.astype(jnp.float32)
   if t is None:
     t = sample_t(rng_t, batch, schedule, t_sampler, **(t_sampler_options or {}))
-  eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
+  if eps is None:
+    eps = jax.random.normal(rng_eps, x0.shape, jnp.float32)
   x_t = schedule.marginal(x0, eps, t)
   x_in, level = parameterization.network_inputs(x_t, t, schedule)
   out = net_fn(x_in, level, cond).astype(jnp.float32)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from diffjax.models.layers import (Conv, Dense, Dtype, LabelEmbedding, NoiseEmbedding,
                                    SelfAttention, layer_norm_no_affine,
-                                   sincos_2d_position_embedding)
+                                   remat_block, sincos_2d_position_embedding)
 
 
 def _modulate(x, shift, scale):
@@ -61,6 +61,7 @@ class DiT(nn.Module):
     class_dropout: probability of the null label in training (DiT: 0.1).
     out_channels: output channels (default: input channels).
     attention_implementation: passed to ``jax.nn.dot_product_attention`` (None, "xla", "cudnn").
+    remat: rematerialisation policy of every block ('' = off; ``layers.REMAT_POLICIES``).
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -73,6 +74,7 @@ class DiT(nn.Module):
   class_dropout: float = 0.1
   out_channels: int | None = None
   attention_implementation: str | None = None
+  remat: str = ""
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -105,8 +107,9 @@ class DiT(nn.Module):
       c = c + LabelEmbedding(self.num_classes, self.hidden_size, self.class_dropout,
                              name="label_embed", **kw)(labels, train)
 
+    block = remat_block(DiTBlock, self.remat)
     for i in range(self.depth):
-      tokens = DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio,
+      tokens = block(self.hidden_size, self.num_heads, self.mlp_ratio,
                         self.attention_implementation, name=f"block_{i}", **kw)(tokens, c)
 
     out_ch = self.out_channels or channels

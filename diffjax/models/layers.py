@@ -30,6 +30,28 @@ Dtype = Any
 xavier_uniform = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros
 
+# Rematerialisation policies per block (``remat`` field of the networks): what the backward
+# pass may keep from the forward pass; everything else is recomputed.
+REMAT_POLICIES = {
+    "": None,  # off: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only block inputs
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul/conv outputs
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_block(module_class, policy: str, static_argnums: tuple[int, ...] = ()):
+  """``module_class`` wrapped in ``nn.remat`` with a named policy ('' returns it unchanged).
+
+  ``static_argnums`` count ``self`` as 0 (flax's convention), e.g. ``(3,)`` for a ``train`` flag
+  in ``__call__(self, x, emb, train)``.
+  """
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {policy!r}; allowed: {sorted(REMAT_POLICIES)}")
+  if not policy:
+    return module_class
+  return nn.remat(module_class, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+
 
 def partitioned(init, names: Sequence[str | None]):
   """An initialiser whose parameter carries logical axis names."""

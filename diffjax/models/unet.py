@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.models.layers import (Conv, Dense, Dtype, GroupNorm, LabelEmbedding, NoiseEmbedding,
-                                   SelfAttention)
+                                   SelfAttention, remat_block)
 
 
 def _upsample_nearest(x):
@@ -110,6 +110,8 @@ class UNet(nn.Module):
     out_channels: output channels (default: input channels).
     emb_mult: embedding width is ``ch * emb_mult``.
     norm_groups: GroupNorm groups.
+    remat: rematerialisation policy of every residual and attention block ('' = off; see
+      ``layers.REMAT_POLICIES``): less activation memory, same results.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -128,6 +130,7 @@ class UNet(nn.Module):
   out_channels: int | None = None
   emb_mult: int = 4
   norm_groups: int = 32
+  remat: str = ""
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -157,38 +160,40 @@ class UNet(nn.Module):
     block = dict(dropout=self.dropout, scale_shift_norm=self.scale_shift_norm,
                  skip_rescale=self.skip_rescale, norm_groups=self.norm_groups, **kw)
     attn = dict(skip_rescale=self.skip_rescale, norm_groups=self.norm_groups, **kw)
+    res_block = remat_block(ResBlock, self.remat, static_argnums=(3,))
+    attn_block = remat_block(AttentionBlock, self.remat)
 
     h = Conv(self.ch, name="conv_in", **kw)(x.astype(self.dtype))
     skips = [h]
     res = x.shape[1]
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
-        h = ResBlock(self.ch * mult, name=f"down_{level}_{i}", **block)(h, emb, train)
+        h = res_block(self.ch * mult, name=f"down_{level}_{i}", **block)(h, emb, train)
         if res in self.attn_resolutions:
-          h = AttentionBlock(self._heads(h.shape[-1]), name=f"down_{level}_{i}_attn", **attn)(h)
+          h = attn_block(self._heads(h.shape[-1]), name=f"down_{level}_{i}_attn", **attn)(h)
         skips.append(h)
       if level != levels - 1:
         if self.resblock_updown:
-          h = ResBlock(h.shape[-1], resample="down", name=f"down_{level}_resample",
+          h = res_block(h.shape[-1], resample="down", name=f"down_{level}_resample",
                        **block)(h, emb, train)
         else:
           h = Conv(h.shape[-1], strides=2, name=f"down_{level}_resample", **kw)(h)
         skips.append(h)
         res //= 2
 
-    h = ResBlock(h.shape[-1], name="mid_0", **block)(h, emb, train)
-    h = AttentionBlock(self._heads(h.shape[-1]), name="mid_attn", **attn)(h)
-    h = ResBlock(h.shape[-1], name="mid_1", **block)(h, emb, train)
+    h = res_block(h.shape[-1], name="mid_0", **block)(h, emb, train)
+    h = attn_block(self._heads(h.shape[-1]), name="mid_attn", **attn)(h)
+    h = res_block(h.shape[-1], name="mid_1", **block)(h, emb, train)
 
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = ResBlock(self.ch * mult, name=f"up_{level}_{i}", **block)(h, emb, train)
+        h = res_block(self.ch * mult, name=f"up_{level}_{i}", **block)(h, emb, train)
         if res in self.attn_resolutions:
-          h = AttentionBlock(self._heads(h.shape[-1]), name=f"up_{level}_{i}_attn", **attn)(h)
+          h = attn_block(self._heads(h.shape[-1]), name=f"up_{level}_{i}_attn", **attn)(h)
       if level != 0:
         if self.resblock_updown:
-          h = ResBlock(h.shape[-1], resample="up", name=f"up_{level}_resample",
+          h = res_block(h.shape[-1], resample="up", name=f"up_{level}_resample",
                        **block)(h, emb, train)
         else:
           h = Conv(h.shape[-1], name=f"up_{level}_resample", **kw)(_upsample_nearest(h))

@@ -57,6 +57,6 @@ def jit_train_step(setup: StateSetup, spec: ExperimentSpec, mesh) -> Callable:
       lr_schedule=setup.lr_schedule, ema_decay=spec.train.ema_decay,
       ema_warmup=spec.train.ema_warmup, conditional=spec.model.conditional,
       loss_spike_factor=spec.faults.loss_spike_factor,
-      inject_nan_steps=spec.faults.inject_nan_steps)
+      inject_nan_steps=spec.faults.inject_nan_steps, grad_accum=spec.train.grad_accum)
   return jax.jit(fn, in_shardings=(setup.shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(setup.shardings, parallel.replicated(mesh)), donate_argnums=0)

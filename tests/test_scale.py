@@ -1,5 +1,6 @@
-"""Parameter sharding on 8 fake CPU devices: data parallel, FSDP and DP x FSDP x tensor meshes
-train like one device, and FSDP / tensor rules really split the parameters and optimiser state."""
+"""Scale features on fake CPU devices: data parallel, FSDP and DP x FSDP x tensor meshes train
+like one device and really split the parameters and optimiser state; gradient accumulation
+equals one step on the whole batch; rematerialisation changes memory, not results."""
 
 import jax
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from configs import default
 from diffjax import data, parallel
 from diffjax.spec import ConfigError, build_spec
+from diffjax.training import loss_fn
 from diffjax.training.setup import jit_train_step, setup_state
 
 MESHES = {
@@ -84,3 +86,66 @@ def test_unknown_rules_are_a_config_error():
   c.mesh.rules = "zero3"
   with pytest.raises(ConfigError, match="mesh.rules"):
     build_spec(c, num_devices=8)
+
+
+def _plain_spec(**overrides):
+  """Tiny digits config without dropout (so micro-batches draw exactly the whole batch's noise)."""
+  c = default.get_config("tiny")
+  c.model.kwargs = {"dropout": 0.0, "class_dropout": 0.0}
+  c.data.batch_size = 16
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return build_spec(c, num_devices=2)
+
+
+def _steps(spec, batches, devices=2):
+  mesh = parallel.make_mesh({"data": devices, "fsdp": 1, "tensor": 1}, jax.devices()[:devices])
+  setup = setup_state(spec, mesh)
+  step = jit_train_step(setup, spec, mesh)
+  state = setup.init(jax.random.PRNGKey(0))
+  losses = []
+  for b in batches:
+    state, metrics = step(state, parallel.global_batch(b, parallel.batch_sharding(mesh)))
+    losses.append(float(metrics["loss"]))
+  return np.array(losses), jax.device_get(state.params), setup
+
+
+def _residual_bytes(spec, setup, batch):
+  """Bytes the backward pass keeps from the forward pass (the vjp's residuals): the
+  activation memory that remat trades for recomputation, independent of the backend."""
+  params = setup.init(jax.random.PRNGKey(0)).params
+  loss = lambda p: loss_fn(p, batch, jax.random.PRNGKey(1), model=setup.model,
+                           spec=spec.diffusion, conditional=True)[0]
+  _, vjp = jax.vjp(loss, params)
+  return sum(leaf.nbytes for leaf in jax.tree.leaves(vjp))
+
+
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
+  batches = _batches(_plain_spec(), n=3)
+  whole, params_whole, _ = _steps(_plain_spec(), batches)
+  accumulated, params_acc, _ = _steps(_plain_spec(**{"train.grad_accum": 4}), batches)
+  assert whole[0] != whole[-1]
+  np.testing.assert_allclose(accumulated, whole, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params_acc), jax.tree.leaves(params_whole)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)  # see the Adam note above
+
+
+def test_gradient_accumulation_must_split_the_batch():
+  with pytest.raises(ConfigError, match="train.grad_accum"):
+    _plain_spec(**{"train.grad_accum": 3})
+
+
+def test_remat_changes_memory_not_results():
+  batches = _batches(_plain_spec(), n=2)
+  plain, params_plain, setup_plain = _steps(_plain_spec(), batches)
+  remat_spec = _plain_spec(**{"model.kwargs": {"dropout": 0.0, "class_dropout": 0.0,
+                                               "remat": "full"}})
+  rematted, params_remat, setup_remat = _steps(remat_spec, batches)
+  np.testing.assert_allclose(rematted, plain, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(params_remat), jax.tree.leaves(params_plain)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  batch = jax.tree.map(jax.numpy.asarray, batches[0])
+  kept_plain = _residual_bytes(_plain_spec(), setup_plain, batch)
+  kept_remat = _residual_bytes(remat_spec, setup_remat, batch)
+  assert kept_remat < 0.5 * kept_plain, (kept_remat, kept_plain)
