@@ -1,115 +1,303 @@
-"""Train-step throughput of named configs on this machine (or a GPU/TPU).
+"""Train-step (and sampling) throughput of named configs, with the same network in PyTorch.
 
-Times the jitted, sharded train step of each config's real network on synthetic batches (data
-loading excluded), after compilation and two warm-up steps, and writes the numbers to
-``results_<backend>.json`` and ``results_<backend>.md`` beside this file.
+For each config: the jitted, sharded train step of its real network on synthetic batches (data
+loading excluded) after compilation and warm-up, timed in alternation with PyTorch running the
+same network (diffusers' ``UNet2DModel`` built like our DDPM CIFAR-10 UNet, 35,746,307
+parameters in both; diffusers' ``DiTTransformer2DModel`` for DiT configs) on the same batch
+shape with Adam, so the ratio holds on a noisy machine. Also: the denoiser's forward rate
+(sampling NFE/s, images/s for the config's sampler steps), model FLOPs per step from XLA's cost
+analysis and, given the device's peak (``--peak_tflops``, default by device kind), the model
+FLOPs utilisation; weak scaling over 1, 2, 4, ... devices (``--scaling``).
 
-  python experiments/benchmarks/train_throughput.py                  # default, mnist, cifar10_ddpm
-  python experiments/benchmarks/train_throughput.py --configs cifar10_ddpm --batch 128 --steps 20
+Writes ``results_<backend>.json`` and ``results_<backend>.md`` beside this file.
 
-On a CPU-only host the script splits the host into one XLA device per core, as launch.py does.
+  python experiments/benchmarks/train_throughput.py                       # CPU set
+  python experiments/benchmarks/train_throughput.py --configs cifar10_ddpm,dit_b2_latent,\\
+      dit_xl2_latent --batch 64 --dtype bfloat16 --scaling 1             # on a GPU
+
+PyTorch runs when ``torch`` and ``diffusers`` are importable (``pip install diffusers``; not
+needed for training). On a CPU-only host this script splits the host into one XLA device per
+core, as launch.py does; PyTorch gets all the cores as threads.
 """
 
-import functools
 import json
 import os
 import pathlib
 import platform
+import statistics
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-# (config module, config argument, batch size used on CPU); None keeps the config's batch.
-DEFAULT_CASES = [("default", None, None), ("mnist", None, 32), ("mnist", "cpu", None),
-                 ("cifar10_ddpm", None, 16)]
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_list("configs", ["default", "mnist:cpu", "mnist", "cifar10_ddpm"],
+                  "config modules[:arg]; also dit_b2_latent / dit_xl2_latent (DiT on 32x32x4 "
+                  "latents, ImageNet-256 shapes)")
+flags.DEFINE_integer("batch", None, "batch size for every config (default: per-config CPU sizes)")
+flags.DEFINE_integer("steps", 5, "timed steps per window")
+flags.DEFINE_integer("windows", 2, "alternating timing windows per framework")
+flags.DEFINE_string("dtype", "", "compute dtype override: float32 | bfloat16")
+flags.DEFINE_float("peak_tflops", 0.0, "device peak (dense, at the dtype) for MFU; 0: by kind")
+flags.DEFINE_bool("torch", True, "also time the same network in PyTorch where one exists")
+flags.DEFINE_list("scaling", [], "device counts for weak scaling of the first config")
+FLAGS = flags.FLAGS
+
+# Batch per config on a 2-core CPU (None keeps the config's own batch).
+CPU_BATCH = {"default": None, "mnist:cpu": None, "mnist": 32, "cifar10_ddpm": 16,
+             "dit_b2_latent": 8, "dit_xl2_latent": 4}
+# Measured dense bf16 matmul peak of an H100/H200 (issue 6); TPU numbers are the spec sheets'.
+PEAK_TFLOPS = {"h100": 790.0, "h200": 790.0, "tpu v4": 275.0, "tpu v5p": 459.0,
+               "tpu v5 lite": 197.0, "tpu v6 lite": 918.0}
 
 
-def measure(module: str, arg, batch, steps: int):
+def get_config(name: str):
+  """A config by ``module[:arg]``, or a DiT on ImageNet-256 latent shapes."""
   import importlib
+  if name in ("dit_b2_latent", "dit_xl2_latent"):
+    c = importlib.import_module("configs.imagenet64_dit").get_config()
+    c.model.name = "DiT-B/2" if name == "dit_b2_latent" else "DiT-XL/2"
+    c.data.image_size, c.data.channels, c.data.num_classes = 32, 4, 1000
+    return c
+  module, _, arg = name.partition(":")
+  return importlib.import_module(f"configs.{module}").get_config(arg or None)
 
+
+def peak_tflops(device_kind: str) -> float:
+  if FLAGS.peak_tflops:
+    return FLAGS.peak_tflops
+  kind = device_kind.lower()
+  return next((v for k, v in PEAK_TFLOPS.items() if k in kind), 0.0)
+
+
+class OurStep:
+  """The config's train step on ``devices``, ready to time."""
+
+  def __init__(self, name: str, batch: int | None, devices=None):
+    import jax
+    import numpy as np
+
+    from diffjax import parallel
+    from diffjax.spec import build_spec
+    from diffjax.training import parameter_count
+    from diffjax.training.setup import jit_train_step, setup_state
+    config = get_config(name)
+    if batch:
+      config.data.batch_size = batch
+    if FLAGS.dtype:
+      config.model.dtype = FLAGS.dtype
+    devices = devices or jax.devices()
+    spec = build_spec(config, num_devices=len(devices), check_network=False)
+    self.spec = spec
+    self.mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
+    setup = setup_state(spec, self.mesh)
+    self.setup = setup
+    self.fn = jit_train_step(setup, spec, self.mesh)
+    b, s, ch = spec.data.batch_size, spec.data.image_size, spec.data.channels
+    rng = np.random.default_rng(0)
+    self.batch_np = {"image": rng.uniform(-1, 1, (b, s, s, ch)).astype(np.float32),
+                     "label": rng.integers(0, max(spec.data.num_classes, 1), b).astype(np.int32)}
+    self.batch = parallel.global_batch(self.batch_np, parallel.batch_sharding(self.mesh))
+    self.state = setup.init(jax.random.PRNGKey(0))
+    t0 = time.perf_counter()
+    compiled = self.fn.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops_per_step = float(cost.get("flops", 0.0)) * len(devices)  # per-device program
+    memory = compiled.memory_analysis()
+    self.memory_mb = (None if memory is None else round(
+        (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20, 1))
+    self.params_m = parameter_count(self.state.params) / 1e6
+    self.run(2)  # warm-up
+
+  def run(self, steps: int) -> float:
+    import jax
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      self.state, metrics = self.fn(self.state, self.batch)
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - t0) / steps
+
+  def forward_rate(self, steps: int) -> float:
+    """Denoiser forward passes per second (one sampling step over the batch = batch NFE)."""
+    import jax
+    import jax.numpy as jnp
+    model, labels = self.setup.model, self.batch["label"]
+    fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, jnp.full(x.shape[:1], 0.5),
+                                           labels if self.spec.model.conditional else None))
+    x = self.batch["image"]
+    jax.block_until_ready(fwd(self.state.ema_params, x))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      out = fwd(self.state.ema_params, x)
+    jax.block_until_ready(out)
+    return x.shape[0] * steps / (time.perf_counter() - t0)
+
+
+class TorchStep:
+  """The same network in PyTorch (diffusers), one Adam step on an MSE loss per call."""
+
+  def __init__(self, our: OurStep):
+    import torch
+    spec = our.spec
+    self.torch = torch
+    self.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if self.device == "cpu":
+      torch.set_num_threads(os.cpu_count())
+    name = spec.model.name
+    b, s, ch = spec.data.batch_size, spec.data.image_size, spec.data.channels
+    if name == "ddpm-cifar10":
+      from diffusers import UNet2DModel
+      self.model = UNet2DModel(
+          sample_size=s, in_channels=ch, out_channels=ch, block_out_channels=(128, 256, 256, 256),
+          layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
+                                                "DownBlock2D"),
+          up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+          dropout=0.1, attention_head_dim=None, norm_num_groups=32, freq_shift=1,
+          flip_sin_to_cos=False)
+      self.call = lambda x, t, y: self.model(x, t).sample
+    elif name.startswith("DiT-"):
+      from diffusers import DiTTransformer2DModel
+      depth, width, heads = {"DiT-B/2": (12, 768, 12), "DiT-XL/2": (28, 1152, 16)}[name]
+      self.model = DiTTransformer2DModel(
+          num_attention_heads=heads, attention_head_dim=width // heads, in_channels=ch,
+          out_channels=ch, num_layers=depth, sample_size=s, patch_size=2,
+          num_embeds_ada_norm=1000)
+      self.call = lambda x, t, y: self.model(x, timestep=t, class_labels=y).sample
+    else:
+      raise KeyError(name)
+    self.model.to(self.device).train()
+    self.params_m = sum(p.numel() for p in self.model.parameters()) / 1e6
+    self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    self.x = torch.randn(b, ch, s, s, generator=gen).to(self.device)
+    self.t = torch.randint(0, 1000, (b,), generator=gen).to(self.device)
+    self.y = torch.randint(0, 1000, (b,), generator=gen).to(self.device)
+    self.bf16 = spec.model.dtype == "bfloat16"
+    self.run(2)
+
+  def step(self):
+    torch = self.torch
+    with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
+      out = self.call(self.x, self.t, self.y)
+      loss = torch.nn.functional.mse_loss(out.float(), self.x)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+
+  def run(self, steps: int) -> float:
+    torch = self.torch
+    if self.device == "cuda":
+      torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      self.step()
+    if self.device == "cuda":
+      torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def make_torch(our: OurStep):
+  if not FLAGS.torch:
+    return None, "off"
+  try:
+    return TorchStep(our), ""
+  except ImportError as e:
+    return None, f"not installed ({e.name})"
+  except KeyError:
+    return None, "no PyTorch twin for this network"
+
+
+def measure(name: str) -> dict:
   import jax
-  import numpy as np
+  batch = FLAGS.batch or (CPU_BATCH.get(name) if jax.default_backend() == "cpu" else None)
+  ours = OurStep(name, batch)
+  twin, why_not = make_torch(ours)
+  our_times, torch_times = [], []
+  for _ in range(FLAGS.windows):  # alternate, so machine drift hits both alike
+    our_times.append(ours.run(FLAGS.steps))
+    if twin:
+      torch_times.append(twin.run(FLAGS.steps))
+  step_s = statistics.median(our_times)
+  spec = ours.spec
+  b = spec.data.batch_size
+  device = jax.devices()[0]
+  peak = peak_tflops(device.device_kind) * jax.device_count()
+  nfe_per_s = ours.forward_rate(FLAGS.steps)
+  row = {"config": name, "model": spec.model.name, "params_M": round(ours.params_m, 2),
+         "image": f"{spec.data.image_size}x{spec.data.image_size}x{spec.data.channels}",
+         "batch": b, "dtype": spec.model.dtype, "devices": jax.device_count(),
+         "step_ms": round(step_s * 1e3, 1), "images_per_s": round(b / step_s, 1),
+         "compile_s": round(ours.compile_s, 1),
+         "model_tflop_per_step": round(ours.flops_per_step / 1e12, 4),
+         "mfu": round(ours.flops_per_step / step_s / (peak * 1e12), 4) if peak else None,
+         "memory_mb_per_device": ours.memory_mb,
+         "sample_nfe_per_s": round(nfe_per_s, 1),
+         "sample_images_per_s": round(nfe_per_s / spec.sample.num_steps /
+                                      (2 if spec.sample.guidance_scale != 1 else 1), 4),
+         "sample_steps": spec.sample.num_steps}
+  if twin:
+    torch_s = statistics.median(torch_times)
+    row.update(torch_params_M=round(twin.params_m, 2), torch_step_ms=round(torch_s * 1e3, 1),
+               torch_images_per_s=round(b / torch_s, 1), speedup_vs_torch=round(torch_s / step_s, 2))
+  else:
+    row["torch"] = why_not
+  return row
 
-  from diffjax import parallel
-  from diffjax.spec import build_spec, mesh_size
-  from diffjax.training import parameter_count, train_step
-  from diffjax.training.setup import setup_state
 
-  config = importlib.import_module(f"configs.{module}").get_config(arg)
-  if batch:
-    config.data.batch_size = batch
-  spec = build_spec(config, num_devices=jax.device_count())
-  mesh = parallel.make_mesh(mesh_size(spec.mesh, jax.device_count()))
-  setup = setup_state(spec, mesh)
-  bs = parallel.batch_sharding(mesh)
-  fn = jax.jit(functools.partial(
-      train_step, model=setup.model, diffusion_spec=spec.diffusion, optimizer=setup.optimizer,
-      lr_schedule=setup.lr_schedule, ema_decay=spec.train.ema_decay,
-      ema_warmup=spec.train.ema_warmup, conditional=spec.model.conditional),
-      in_shardings=(setup.shardings, bs), out_shardings=(setup.shardings,
-                                                         parallel.replicated(mesh)),
-      donate_argnums=0)
-  b, s, c = spec.data.batch_size, spec.data.image_size, spec.data.channels
-  rng = np.random.default_rng(0)
-  batch_np = {"image": rng.uniform(-1, 1, (b, s, s, c)).astype(np.float32),
-              "label": rng.integers(0, max(spec.data.num_classes, 1), b).astype(np.int32)}
-  batch_arr = parallel.global_batch(batch_np, bs)
-  state = setup.init(jax.random.PRNGKey(0))
-  t0 = time.perf_counter()
-  state, metrics = fn(state, batch_arr)
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - t0
-  for _ in range(2):
-    state, metrics = fn(state, batch_arr)
-  jax.block_until_ready(metrics)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = fn(state, batch_arr)
-  jax.block_until_ready(metrics)
-  step_s = (time.perf_counter() - t0) / steps
-  return {"config": module + (f":{arg}" if arg else ""), "model": spec.model.name,
-          "params_M": round(parameter_count(state.params) / 1e6, 2),
-          "image": f"{s}x{s}x{c}", "batch": b, "dtype": spec.model.dtype,
-          "devices": jax.device_count(), "compile_s": round(compile_s, 1),
-          "step_ms": round(step_s * 1e3, 1), "images_per_s": round(b / step_s, 1)}
+def weak_scaling(name: str, counts) -> list[dict]:
+  """Same per-device batch on 1, 2, 4, ... devices; efficiency = rate_n / (n * rate_1)."""
+  import jax
+  per_device = FLAGS.batch or CPU_BATCH.get(name) or get_config(name).data.batch_size
+  per_device = max(1, per_device // jax.device_count())
+  rows, base = [], None
+  for n in counts:
+    ours = OurStep(name, per_device * n, devices=jax.devices()[:n])
+    rate = per_device * n / statistics.median(ours.run(FLAGS.steps) for _ in range(FLAGS.windows))
+    base = base or rate
+    rows.append({"devices": n, "batch": per_device * n, "images_per_s": round(rate, 1),
+                 "efficiency": round(rate / (n * base), 3)})
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
 
 
 def main(argv):
   del argv
-  args = FLAGS
   if os.environ.get("JAX_PLATFORMS", "") in ("", "cpu"):
     from diffjax.parallel.distributed import split_host_into_devices
-    split_host_into_devices(16)
+    split_host_into_devices(max([16] + [int(n) for n in FLAGS.scaling]))
   import jax
-  cases = ([(m, None, args.batch) for m in args.configs] if args.configs else
-           [(m, a, args.batch or b) for m, a, b in DEFAULT_CASES])
   rows = []
-  for module, arg, batch in cases:
-    row = measure(module, arg, batch, args.steps)
+  for name in FLAGS.configs:
+    row = measure(name)
     print(json.dumps(row), flush=True)
     rows.append(row)
-  backend = jax.default_backend()
-  device = jax.devices()[0].device_kind
-  out = pathlib.Path(__file__).parent
+  scaling = weak_scaling(FLAGS.configs[0], [int(n) for n in FLAGS.scaling]) if FLAGS.scaling else []
+  backend, device = jax.default_backend(), jax.devices()[0].device_kind
   meta = {"backend": backend, "device": device, "jax": jax.__version__,
-          "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": rows}
+          "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": rows,
+          "weak_scaling": scaling, "steps": FLAGS.steps, "windows": FLAGS.windows}
+  out = pathlib.Path(__file__).parent
   (out / f"results_{backend}.json").write_text(json.dumps(meta, indent=1))
   cols = ["config", "model", "params_M", "image", "batch", "dtype", "devices", "step_ms",
-          "images_per_s", "compile_s"]
-  lines = [f"Train-step throughput on {device} ({backend}, {os.cpu_count()} cores, "
-           f"jax {jax.__version__})", "", "| " + " | ".join(cols) + " |",
-           "|" + "---|" * len(cols)]
-  lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+          "images_per_s", "torch_images_per_s", "speedup_vs_torch", "mfu",
+          "sample_images_per_s", "memory_mb_per_device", "compile_s"]
+  lines = [f"Train-step throughput on {device} ({backend}, {os.cpu_count()} cores, jax "
+           f"{jax.__version__}); PyTorch = diffusers' twin network, same batch, same run", "",
+           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  lines += ["| " + " | ".join(str(r.get(c, "-") if r.get(c) is not None else "-") for c in cols)
+            + " |" for r in rows]
+  if scaling:
+    lines += ["", f"Weak scaling of {FLAGS.configs[0]} (same batch per device):", "",
+              "| devices | batch | images/s | efficiency |", "|---|---|---|---|"]
+    lines += [f"| {r['devices']} | {r['batch']} | {r['images_per_s']} | {r['efficiency']} |"
+              for r in scaling]
   (out / f"results_{backend}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  flags.DEFINE_list("configs", [], "config modules (default: a fixed set)")
-  flags.DEFINE_integer("batch", None, "override the batch size")
-  flags.DEFINE_integer("steps", 10, "timed steps per config")
-  FLAGS = flags.FLAGS
   app.run(main)
