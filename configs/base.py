@@ -113,6 +113,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.faults.verify_checkpoints = True  # hash checkpoint files; verify before restoring
   c.faults.inject_nan_steps = ()  # fault injection (tests): steps whose loss becomes NaN
 
+  c.estimate = ml_collections.ConfigDict()  # launch.py --mode estimate (cost before a run)
+  c.estimate.chip = "h100"  # h100 | h200 | a100 | tpu-v4 | tpu-v5e | tpu-v5p | tpu-v6e
+  c.estimate.num_devices = 8
+  c.estimate.mfu = 0.4  # assumed model FLOPs utilisation
+  c.estimate.images_per_s = 0.0  # measured throughput on that hardware (0 = unknown)
+
   c.mesh = ml_collections.ConfigDict()
   # Device mesh: one size per axis, -1 fills the remaining devices.
   c.mesh.data = -1

@@ -25,7 +25,13 @@ def _ref_stats(config, workdir):
   return ref_stats(config, workdir)
 
 
-JOBS = {"train": _train, "sample": _sample, "eval": _eval, "ref_stats": _ref_stats}
+def _estimate(config, workdir):
+  from diffjax.estimate import estimate
+  return estimate(config, workdir)
+
+
+JOBS = {"train": _train, "sample": _sample, "eval": _eval, "ref_stats": _ref_stats,
+        "estimate": _estimate}
 
 
 def run(mode: str, config, workdir: str):

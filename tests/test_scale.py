@@ -149,3 +149,31 @@ def test_remat_changes_memory_not_results():
   kept_plain = _residual_bytes(_plain_spec(), setup_plain, batch)
   kept_remat = _residual_bytes(remat_spec, setup_remat, batch)
   assert kept_remat < 0.5 * kept_plain, (kept_remat, kept_plain)
+
+
+def test_estimate_counts_flops_memory_and_time(tmp_path):
+  from diffjax.estimate import PEAK_TFLOPS, estimate
+  c = default.get_config("tiny")
+  c.data.batch_size = 32
+  c.estimate.num_devices, c.estimate.chip, c.estimate.mfu = 4, "tpu-v5p", 0.5
+  c.mesh.data, c.mesh.fsdp, c.mesh.rules = 1, -1, "fsdp"
+  r = estimate(c, str(tmp_path))
+  assert (tmp_path / "estimate.json").exists() and r["mesh"]["fsdp"] == 4
+  # A train step costs about 3 forward passes (forward, two backward products per layer).
+  spec = build_spec(c, num_devices=4)
+  model = spec.model.build(10)
+  x = jax.ShapeDtypeStruct((8, 8, 8, 1), np.float32)
+  lvl, lab = jax.ShapeDtypeStruct((8,), np.float32), jax.ShapeDtypeStruct((8,), np.int32)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, lvl, lab)
+  fwd = jax.jit(lambda p, x, l, y: model.apply(p, x, l, y)).lower(params, x, lvl, lab).compile()
+  cost = fwd.cost_analysis()
+  forward_gflops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"] / 8 / 1e9
+  assert 2.5 < r["gflops_per_image"] / forward_gflops < 4.0
+  assert r["state_mb_per_device"] < 0.3 * r["state_mb_total"]
+  expected = (r["gflops_per_image"] * 1e9 * 32 * r["num_steps"] /
+              (4 * PEAK_TFLOPS["tpu-v5p"] * 1e12))
+  assert r["seconds_at_peak"] == pytest.approx(expected, rel=2e-2)  # GFLOPs rounded to 1e-3
+  assert r["seconds_at_assumed_mfu"] == pytest.approx(2 * r["seconds_at_peak"])
+  c.estimate.chip = "tpu-v9"
+  with pytest.raises(ConfigError, match="config.estimate.chip"):
+    estimate(c)

@@ -1,0 +1,151 @@
+"""Resource estimate of a training run before launching it (``launch.py --mode estimate``).
+
+From the config alone (no parameters are initialised): parameter count, model FLOPs per image
+and per step (XLA's cost analysis of the real compiled train step: forward, backward and
+optimiser update), train-state memory per device under the config's sharding rules on the
+target mesh, activation memory of one device's share of the batch (the compiled program on
+this host), and the projected wall time and accelerator-hours of ``train.num_steps`` on
+``estimate.num_devices`` chips of kind ``estimate.chip``: at the chip's peak (a lower bound),
+at an assumed model FLOPs utilisation ``estimate.mfu``, and from a measured throughput
+``estimate.images_per_s`` when given (e.g. from experiments/benchmarks/train_throughput.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import jax
+import numpy as np
+from jax.sharding import AbstractMesh
+
+from diffjax import parallel
+from diffjax.spec import ConfigError, build_spec, mesh_size
+from diffjax.training import parameter_count
+from diffjax.training.setup import jit_train_step, setup_state
+
+# Dense bf16 peak per chip in TFLOP/s: H100/H200 as measured for large matmuls (issue 6 of this
+# project: about 790), the others from their vendors' spec sheets.
+PEAK_TFLOPS = {"h100": 790.0, "h200": 790.0, "a100": 312.0, "tpu-v4": 275.0, "tpu-v5e": 197.0,
+               "tpu-v5p": 459.0, "tpu-v6e": 918.0}
+_FLOPS_BATCH = 8  # images per compiled probe program (FLOPs scale linearly with batch)
+
+
+def _options(config) -> dict:
+  e = config.estimate
+  problems = []
+  if e.chip not in PEAK_TFLOPS:
+    problems.append(f"config.estimate.chip: unknown chip {e.chip!r}; allowed: "
+                    f"{', '.join(PEAK_TFLOPS)}")
+  if not isinstance(e.num_devices, int) or e.num_devices < 1:
+    problems.append(f"config.estimate.num_devices: must be a positive integer, got "
+                    f"{e.num_devices!r}")
+  if not 0 < e.mfu <= 1:
+    problems.append(f"config.estimate.mfu: must be in (0, 1], got {e.mfu}")
+  if e.images_per_s < 0:
+    problems.append(f"config.estimate.images_per_s: must be >= 0, got {e.images_per_s}")
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+  return dict(chip=e.chip, num_devices=e.num_devices, mfu=float(e.mfu),
+              images_per_s=float(e.images_per_s))
+
+
+def _hours(seconds: float) -> str:
+  return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def estimate(config, workdir: str | None = None) -> dict:
+  opts = _options(config)
+  n = opts["num_devices"]
+  spec = build_spec(config, num_devices=n)  # batch and mesh checked against the target
+  sizes = mesh_size(spec.mesh, n)
+  batch = spec.data.batch_size
+  per_device = batch // (sizes["data"] * sizes["fsdp"])
+
+  # Train-state bytes per device on the target mesh (an abstract mesh: no devices needed).
+  target = AbstractMesh(tuple(sizes[a] for a in parallel.MESH_AXES), parallel.MESH_AXES)
+  target_setup = setup_state(spec, target)
+  _, state_mb = parallel.sharding_report(target_setup.abstract, target_setup.shardings)
+
+  # FLOPs and activation memory: the real train step compiled on one local device.
+  probe_batch = min(per_device, _FLOPS_BATCH)
+  probe_config = config.copy_and_resolve_references()
+  probe_config.data.batch_size = probe_batch
+  probe_config.train.grad_accum = 1
+  probe_spec = build_spec(probe_config, num_devices=1, check_network=False)
+  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  setup = setup_state(probe_spec, mesh, parallel.DATA_PARALLEL_RULES)
+  s, c = spec.data.image_size, spec.data.channels
+  sharding = parallel.batch_sharding(mesh)
+  abstract_batch = {"image": jax.ShapeDtypeStruct((probe_batch, s, s, c), np.float32,
+                                                  sharding=sharding),
+                    "label": jax.ShapeDtypeStruct((probe_batch,), np.int32, sharding=sharding)}
+  compiled = jit_train_step(setup, probe_spec, mesh).lower(setup.abstract,
+                                                           abstract_batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_per_image = float(cost.get("flops", 0.0)) / probe_batch
+  memory = compiled.memory_analysis()
+  activation_mb = None
+  if memory is not None:
+    state_bytes = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize
+                      for a in jax.tree.leaves(setup.abstract))
+    micro = per_device // spec.train.grad_accum
+    activation_mb = max(0.0, memory.temp_size_in_bytes - state_bytes) / probe_batch * micro / 2**20
+
+  flops_per_step = flops_per_image * batch
+  peak = PEAK_TFLOPS[opts["chip"]] * 1e12 * n
+  steps = spec.train.num_steps
+  result = {
+      "experiment": spec.experiment, "model": spec.model.name,
+      "params_M": round(parameter_count(setup.abstract.params) / 1e6, 2),
+      "image": f"{s}x{s}x{c}", "batch": batch, "grad_accum": spec.train.grad_accum,
+      "num_steps": steps, "images_seen_M": round(steps * batch / 1e6, 2),
+      "chip": opts["chip"], "num_devices": n, "mesh": sizes, "rules": spec.mesh.rules,
+      "dtype": spec.model.dtype,
+      "gflops_per_image": round(flops_per_image / 1e9, 3),
+      "tflops_per_step": round(flops_per_step / 1e12, 3),
+      "state_mb_per_device": round(state_mb["per_device_mb"], 1),
+      "state_mb_total": round(state_mb["total_mb"], 1),
+      "activation_mb_per_device": None if activation_mb is None else round(activation_mb, 1),
+      "peak_tflops_per_chip": PEAK_TFLOPS[opts["chip"]],
+      "seconds_at_peak": flops_per_step * steps / peak,
+      "assumed_mfu": opts["mfu"],
+      "seconds_at_assumed_mfu": flops_per_step * steps / (peak * opts["mfu"])}
+  if opts["images_per_s"]:
+    result["seconds_at_measured_rate"] = steps * batch / opts["images_per_s"]
+  for key in [k for k in result if k.startswith("seconds_")]:
+    result[key.replace("seconds_", "chip_hours_")] = round(result[key] * n / 3600, 1)
+  _print(result)
+  if workdir:
+    out = pathlib.Path(workdir) / "estimate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"[diffjax] wrote {out}")
+  return result
+
+
+def _print(r: dict) -> None:
+  lines = [
+      f"experiment {r['experiment']!r}: {r['model']}, {r['params_M']}M parameters, "
+      f"{r['image']} images, batch {r['batch']} (grad_accum {r['grad_accum']}), "
+      f"{r['num_steps']} steps = {r['images_seen_M']}M images",
+      f"compute: {r['gflops_per_image']} GFLOP per image (forward + backward + update, XLA "
+      f"cost analysis), {r['tflops_per_step']} TFLOP per step",
+      f"memory per device on {r['num_devices']} x {r['chip']} (mesh {r['mesh']}, "
+      f"{r['rules']} rules): train state {r['state_mb_per_device']} MB of "
+      f"{r['state_mb_total']} MB, activations ~{r['activation_mb_per_device']} MB "
+      f"(compiled on this host's backend; accelerators differ)",
+      f"time at peak ({r['peak_tflops_per_chip']} TFLOP/s per chip, bf16): "
+      f"{_hours(r['seconds_at_peak'])} = {r['chip_hours_at_peak']} chip-hours",
+      f"time at {r['assumed_mfu']:.0%} MFU: {_hours(r['seconds_at_assumed_mfu'])} = "
+      f"{r['chip_hours_at_assumed_mfu']} chip-hours"]
+  if "seconds_at_measured_rate" in r:
+    lines.append(f"time at the measured rate: {_hours(r['seconds_at_measured_rate'])} = "
+                 f"{r['chip_hours_at_measured_rate']} chip-hours")
+  if r["dtype"] != "bfloat16":
+    lines.append("note: the model computes in float32; the bf16 peak makes these times "
+                 "optimistic (set model.dtype=bfloat16 to train as estimated)")
+  for line in lines:
+    print(f"[diffjax] {line}", flush=True)
