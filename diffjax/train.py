@@ -88,6 +88,25 @@ def run_periodic_eval(evaluator, generate: Generator, params, spec: ExperimentSp
   return {f"eval/{k}": v for k, v in scores.items()}
 
 
+def compile_step(setup, spec: ExperimentSpec, mesh):
+  """The train step compiled ahead of time for the run's shapes and shardings; logs XLA's
+  memory estimate per device (arguments, outputs and temporaries of the compiled program)."""
+  sharding = parallel.batch_sharding(mesh)
+  s, c, b = spec.data.image_size, spec.data.channels, spec.data.batch_size
+  batch = {"image": jax.ShapeDtypeStruct((b, s, s, c), np.float32, sharding=sharding),
+           "label": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding)}
+  t0 = time.time()
+  compiled = jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).compile()
+  memory = compiled.memory_analysis()
+  if memory is not None:
+    mb = lambda n: f"{n / 2**20:.1f} MB"
+    log(f"train step compiled in {time.time() - t0:.1f}s; memory per device: arguments "
+        f"{mb(memory.argument_size_in_bytes)}, temporaries {mb(memory.temp_size_in_bytes)}, "
+        f"outputs {mb(memory.output_size_in_bytes)} (aliased with donated arguments "
+        f"{mb(memory.alias_size_in_bytes)})")
+  return compiled
+
+
 def _next_batch(iterator, step: int):
   try:
     return next(iterator)
@@ -149,7 +168,7 @@ def train(config, workdir: str) -> dict:
       iterator = data_iterator(spec, source, start_batch=restored_step)
 
   batch_sharding = parallel.batch_sharding(mesh)
-  step_fn = jit_train_step(setup, spec, mesh)
+  step_fn = compile_step(setup, spec, mesh)
   generate = make_sample_generator(setup, spec, mesh)
   evaluator = None
   if spec.eval.every_steps:
