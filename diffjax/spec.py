@@ -285,7 +285,8 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
     network = ck.attempt("model.kwargs",
                          lambda: model.build(d.num_classes if m.conditional else 0))
     if network is not None and check_network and not ck.errors:
-      ck.attempt("model", lambda: _check_network(network, data, bool(m.conditional)))
+      ck.attempt("model.name / model.kwargs",
+                 lambda: _check_network(network, data, bool(m.conditional)))
 
   df = config.diffusion
   schedule = ck.attempt("diffusion.schedule",

@@ -191,6 +191,30 @@ def damage_latest(workdir, mode: str) -> dict:
           "resumed_from": _resumed_from(resume.stdout)}
 
 
+def bad_records(root) -> dict:
+  """ArrayRecord shards of the 180 digits test images with 3 replaced by garbage: the default
+  policy skips and counts them, ``faults.bad_records=stop`` ends the run (exit 4) naming one."""
+  from diffjax.data import convert, digits_source, records
+  from diffjax.training import read_metrics
+  root = pathlib.Path(root)
+  src = digits_source("test")
+  recs = [records.encode_record(records.encode_png(src[i]["image"]), src[i]["label"])
+          for i in range(len(src))]
+  for i in (5, 77, 150):
+    recs[i] = b"\x00garbage"
+  convert.write_shards(recs, root / "shards", "train", num_shards=2)
+  args = ["--config.data.source=array_record", f"--config.data.path={root / 'shards'}",
+          "--config.data.batch_size=64"]
+  skip = launch(*base_args(root / "skip", steps=6, extra=args), check=False)
+  stop = launch(*base_args(root / "stop", steps=6, extra=args + [
+      "--config.faults.bad_records=stop", "--config.data.num_workers=0"]), check=False)
+  counted = read_metrics(root / "skip")[-1]["bad_records"] if skip.returncode == 0 else None
+  return {"records": len(recs), "corrupt": 3, "skip_exit_code": skip.returncode,
+          "counted": counted, "stop_exit_code": stop.returncode,
+          "stop_named_the_record": "is unreadable" in stop.stderr and "record" in stop.stderr,
+          "stderr": stop.stderr[-2000:]}
+
+
 def _resumed_from(stdout: str) -> int | None:
   m = re.search(r"resumed from checkpoint at step (\d+)", stdout)
   return int(m.group(1)) if m else None

@@ -3,7 +3,6 @@ disk, resharded restores. Every interrupted run must end bit-identical to an uni
 (experiments/reliability/run.py runs more cases of the same scenarios for the README.)"""
 
 import errno
-import pathlib
 import socket
 
 import jax
@@ -13,7 +12,6 @@ import pytest
 import fault_injection as fi
 from configs import default
 from diffjax import parallel
-from diffjax.data import convert, records
 from diffjax.faults import CheckpointError
 from diffjax.parallel.rules import DATA_PARALLEL_RULES
 from diffjax.spec import build_spec
@@ -98,28 +96,10 @@ def test_a_streak_of_nans_aborts_naming_the_step_and_the_last_good_checkpoint(tm
   assert steps[-1] == 8
 
 
-def _corrupt_shards(path: pathlib.Path):
-  from diffjax.data import digits_source
-  src = digits_source("test")
-  recs = [records.encode_record(records.encode_png(src[i]["image"]), src[i]["label"])
-          for i in range(len(src))]
-  for i in (5, 77, 150):
-    recs[i] = b"\x00garbage"
-  convert.write_shards(recs, path, "train", num_shards=2)
-
-
 def test_bad_records_are_skipped_and_counted_or_stop_the_run(tmp_path):
-  _corrupt_shards(tmp_path / "shards")
-  args = ["--config.data.source=array_record", f"--config.data.path={tmp_path / 'shards'}",
-          "--config.data.batch_size=64"]
-  launch(*fi.base_args(tmp_path / "skip", steps=6, extra=args))
-  rows = read_metrics(tmp_path / "skip")
-  assert rows[-1]["bad_records"] >= 1  # 384 draws over 180 records meet the bad ones
-  stop = launch(*fi.base_args(tmp_path / "stop", steps=6,
-                              extra=args + ["--config.faults.bad_records=stop",
-                                            "--config.data.num_workers=0"]), check=False)
-  assert stop.returncode == 4, stop.stderr
-  assert "is unreadable" in stop.stderr and "record" in stop.stderr
+  result = fi.bad_records(tmp_path)
+  assert result["skip_exit_code"] == 0 and result["counted"] >= 1  # 384 draws over 180 records
+  assert result["stop_exit_code"] == 4 and result["stop_named_the_record"], result["stderr"]
 
 
 def test_full_disk_during_a_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

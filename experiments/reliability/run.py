@@ -22,6 +22,8 @@ flags.DEFINE_integer("sigterm", 6, "SIGTERM cases (random steps)")
 flags.DEFINE_integer("sigkill", 6, "SIGKILL cases (half mid-save, half at random times)")
 flags.DEFINE_string("workdir", "/tmp/diffjax-reliability", "scratch folder")
 flags.DEFINE_integer("seed", 0, "random seed of the injection points")
+flags.DEFINE_bool("configs_only", False, "redo only the bad-config cases; keep the recorded "
+                  "interruption cases of results.json")
 FLAGS = flags.FLAGS
 
 # Bad configs: (override, text the error must contain). Each must exit 2 before any compute.
@@ -31,7 +33,7 @@ BAD_CONFIGS = [
     ("--config.optim.lr=fast", "--config.optim.lr=fast"),
     ("--config.model.name=UNet-XL", "config.model.name"),
     ("--config.data.source=s3", "config.data.source"),
-    ("--config.data.batch_size=13", "config.data.batch_size"),
+    ("--config.data.batch_size=-16", "config.data.batch_size"),
     ("--config.data.image_size=0", "config.data.image_size"),
     ("--config.diffusion.schedule=cosin", "config.diffusion.schedule"),
     ("--config.diffusion.parameterization=epsilon", "config.diffusion.parameterization"),
@@ -45,17 +47,16 @@ BAD_CONFIGS = [
     ("--config.faults.nonfinite=ignore", "config.faults.nonfinite"),
     ("--config.data.source=array_record", "config.data.path"),
     ("--config.eval.feature_net=clip", "config.eval.feature_net"),
-    ("--config.model.kwargs.ch=-4", "config.model.kwargs"),
+    ("--config.model.kwargs.ch=-4", "config.model.name / model.kwargs"),
+    ("--config.train.grad_accum=3", "config.train.grad_accum"),
+    ("--config.mesh.rules=zero3", "config.mesh.rules"),
 ]
 
 
-def main(argv):
-  del argv
+def run_interruptions(rng, root) -> list[dict]:
+  """SIGTERM, SIGKILL and damaged-checkpoint cases, each against an uninterrupted run."""
   import fault_injection as fi
   from launch_util import launch
-  rng = random.Random(FLAGS.seed)
-  root = pathlib.Path(FLAGS.workdir)
-  start = time.time()
   reference = fi.reference_run(fi.fresh(root / "reference"))
   rows = []
   for i in range(FLAGS.sigterm):
@@ -86,6 +87,25 @@ def main(argv):
                                                                          reference))
     rows.append(r)
     print(json.dumps(r), flush=True)
+  return rows
+
+
+def main(argv):
+  del argv
+  import fault_injection as fi
+  from launch_util import launch
+  rng = random.Random(FLAGS.seed)
+  root = pathlib.Path(FLAGS.workdir)
+  start = time.time()
+  out = pathlib.Path(__file__).parent
+  if FLAGS.configs_only:
+    previous = json.loads((out / "results.json").read_text())
+    rows, start = previous["cases"], start - previous["summary"]["seconds"]
+  else:
+    rows = run_interruptions(rng, root)
+  records = fi.bad_records(fi.fresh(root / "records"))
+  records.pop("stderr")
+  print(json.dumps(records), flush=True)
   bad = []
   for override, needle in BAD_CONFIGS:
     res = launch(*fi.base_args(fi.fresh(root / "bad"), steps=2), override, check=False)
@@ -102,15 +122,23 @@ def main(argv):
       "damaged_checkpoint_runs_identical": sum(
           r["identical"] for r in rows if r["kind"].startswith("damaged")),
       "bad_configs_tried": len(bad), "bad_configs_clear": sum(b["clear_message"] for b in bad),
+      "corrupt_records_in_data": records["corrupt"],
+      "corrupt_records_skipped_and_counted": records["counted"],
+      "stop_policy_exit_code_and_record_named": f"{records['stop_exit_code']}, "
+                                                f"{records['stop_named_the_record']}",
       "seconds": round(time.time() - start)}
-  out = pathlib.Path(__file__).parent
   (out / "results.json").write_text(json.dumps({"summary": summary, "cases": rows,
-                                                "bad_configs": bad}, indent=1))
+                                                "bad_records": records, "bad_configs": bad},
+                                               indent=1))
   lines = ["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary.items()]
   lines += ["", "| case | injected at | resumed from | identical to uninterrupted |",
             "|---|---|---|---|"]
-  lines += [f"| {r['kind']} | {r.get('at', r.get('damaged_step', ''))} | {r['resumed_from']} | "
+  lines += [f"| {r['kind']} | {r.get('at', r.get('damaged_step', ''))} | "
+            f"{r['resumed_from'] if r['resumed_from'] is not None else 'start (killed before the first save)'} | "
             f"{r['identical']} |" for r in rows]
+  lines += ["", "| bad override | exit code | clear message | message |", "|---|---|---|---|"]
+  lines += [f"| `{b['override']}` | {b['exit_code']} | {b['clear_message']} | "
+            f"{b['message'].strip().replace('|', '/')} |" for b in bad]
   (out / "results.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
