@@ -123,7 +123,7 @@ def main(argv):
           r["identical"] for r in rows if r["kind"].startswith("damaged")),
       "bad_configs_tried": len(bad), "bad_configs_clear": sum(b["clear_message"] for b in bad),
       "corrupt_records_in_data": records["corrupt"],
-      "corrupt_records_skipped_and_counted": records["counted"],
+      "corrupt_record_reads_skipped_and_counted": records["counted"],  # ~2 epochs: each read twice
       "stop_policy_exit_code_and_record_named": f"{records['stop_exit_code']}, "
                                                 f"{records['stop_named_the_record']}",
       "seconds": round(time.time() - start)}
