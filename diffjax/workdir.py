@@ -1,7 +1,8 @@
 """The run folder: everything a run writes lives under it, and a second launch resumes it.
 
 ``<workdir>/config.json`` records the resolved config of the first launch. A later launch may
-change how the run is driven (steps, logging, checkpoint cadence, sampling, mesh, workers) but
+change how the run is driven (steps, logging, checkpoint cadence, sampling, mesh and sharding,
+workers, gradient accumulation, evaluation, fault policies) but
 not what is trained: a config that differs in data, model, diffusion, optimiser or seed is
 refused with the differing fields named, so an experiment is never silently continued as
 another one.
@@ -15,9 +16,9 @@ import pathlib
 from diffjax.spec import ConfigError
 
 # Fields that may differ between launches on the same workdir (prefix match).
-_DRIVING_FIELDS = ("train.num_steps", "logging.", "checkpoint.", "sample.", "mesh.",
-                   "data.num_workers", "data.data_dir", "data.path", "experiment", "eval.",
-                   "faults.")
+_DRIVING_FIELDS = ("train.num_steps", "train.grad_accum", "logging.", "checkpoint.", "sample.",
+                   "mesh.", "data.num_workers", "data.data_dir", "data.path", "experiment",
+                   "eval.", "faults.", "estimate.")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
