@@ -163,8 +163,14 @@ def generate(generator, params, spec: ExperimentSpec, n: int, rng) -> tuple[np.n
   """n uint8 samples with balanced class labels (conditional) in chunks."""
   labels = grid_labels(n, spec.data.num_classes)
   chunk = spec.eval.batch_size
-  outs = [images.to_uint8(generator(params, jax.random.fold_in(rng, i), labels[i:i + chunk]))
-          for i in range(0, n, chunk)]
+  outs, start = [], time.time()
+  for i in range(0, n, chunk):
+    outs.append(images.to_uint8(generator(params, jax.random.fold_in(rng, i),
+                                          labels[i:i + chunk])))
+    done = min(n, i + chunk)
+    if done < n:  # progress of long sampling runs
+      rate = done / (time.time() - start)
+      log(f"sampled {done}/{n} images | {rate:.1f} img/s | ETA {(n - done) / rate / 60:.1f} min")
   return np.concatenate(outs), labels
 
 
