@@ -57,7 +57,7 @@ def main(argv):
   source = data_source(spec)
   scratch = pathlib.Path(tempfile.mkdtemp(prefix="diffjax-ckpt-bench-"))
 
-  def run(save: bool, tag: str) -> tuple[float, float]:
+  def run(save: bool, tag: str, steps: int = steps) -> tuple[float, float]:
     """Wall time of ``steps`` steps (one save in the middle if ``save``), and time in save()."""
     iterator = data_iterator(spec, source)
     state = setup.init(jax.random.PRNGKey(0))
@@ -85,7 +85,7 @@ def main(argv):
     ckpt.close()
     return wall, blocked
 
-  run(True, "warmup")  # first-use costs (orbax threads, file system caches) in neither arm
+  run(True, "warmup", steps=20)  # first-use costs (orbax threads, file caches) in neither arm
   rows = {"no_save": [], "save": [], "blocked": []}
   for r in range(FLAGS.repeats):
     for save in ((False, True) if r % 2 == 0 else (True, False)):
