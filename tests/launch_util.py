@@ -29,3 +29,15 @@ def launch(*args, env=None, timeout=300, check=True, prefix=()):
     raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout}\n"
                          f"{result.stderr[-4000:]}")
   return result
+
+
+def tiny_config(**overrides):
+  """The default config's ``:tiny`` variant without the final sample grid, with
+  ``{"section.field": value}`` overrides (for in-process runs)."""
+  from configs import default
+  c = default.get_config("tiny")
+  c.sample.at_end = False
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import fault_injection as fi
-from configs import default
 from diffjax import parallel
 from diffjax.faults import CheckpointError
 from diffjax.parallel.rules import DATA_PARALLEL_RULES
@@ -18,7 +17,7 @@ from diffjax.spec import build_spec
 from diffjax.train import train
 from diffjax.training import Checkpointer, read_metrics
 from diffjax.training.setup import setup_state
-from launch_util import launch
+from launch_util import launch, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +65,8 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
   assert fi.identical(fi.final_arrays(w), reference)
 
 
-def _tiny(**overrides):
-  c = default.get_config("tiny")
-  c.sample.at_end = False
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
-
-
 def test_nan_updates_are_skipped_and_counted(tmp_path):
-  summary = train(_tiny(**{"train.num_steps": 8, "logging.log_every": 1,
+  summary = train(tiny_config(**{"train.num_steps": 8, "logging.log_every": 1,
                            "faults.inject_nan_steps": (3, 4)}), str(tmp_path / "run"))
   rows = {r["step"]: r for r in read_metrics(tmp_path / "run")}
   assert np.isnan(rows[4]["loss"]) and rows[4]["skipped"] == 1 and rows[4]["streak"] == 1
@@ -113,9 +103,9 @@ def test_full_disk_during_a_save_keeps_the_last_good_checkpoint(tmp_path, monkey
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
   with pytest.raises(CheckpointError, match="Last good checkpoint: step 4 in .*left untouched"):
-    train(_tiny(**{"train.num_steps": 12, "checkpoint.every_steps": 4}), str(tmp_path / "run"))
+    train(tiny_config(**{"train.num_steps": 12, "checkpoint.every_steps": 4}), str(tmp_path / "run"))
   monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-  spec = build_spec(_tiny(), num_devices=8)
+  spec = build_spec(tiny_config(), num_devices=8)
   mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   ckpt = Checkpointer(tmp_path / "run" / "checkpoints", spec.checkpoint)
   assert ckpt.verify(4) == (True, "")
@@ -132,8 +122,8 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
 
 
 def test_checkpoint_restores_onto_a_different_device_count(tmp_path):
-  train(_tiny(**{"train.num_steps": 4}), str(tmp_path / "run"))
-  spec = build_spec(_tiny(), num_devices=8)
+  train(tiny_config(**{"train.num_steps": 4}), str(tmp_path / "run"))
+  spec = build_spec(tiny_config(), num_devices=8)
   states = []
   for devices in (jax.devices()[:8], jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)

@@ -10,7 +10,6 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
 from diffjax import data, parallel
 from diffjax.parallel.rules import DATA_PARALLEL_RULES
 from diffjax.spec import build_spec
@@ -18,15 +17,7 @@ from diffjax.train import train
 from diffjax.training import (Checkpointer, ema_decay_at, learning_rate_schedule, loss_fn,
                               read_metrics)
 from diffjax.training.setup import jit_train_step, setup_state
-
-
-def tiny_config(**overrides):
-  c = default.get_config("tiny")
-  c.sample.at_end = False
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
+from launch_util import tiny_config
 
 
 def test_learning_rate_schedules_closed_form():
