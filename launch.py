@@ -7,6 +7,7 @@
   python launch.py --config configs/default.py --workdir runs/default --mode eval
   python launch.py --config configs/default.py --workdir runs/sweep --sweep [--dry_run]
   python launch.py --config configs/cifar10_ddpm.py --workdir runs/c10 --mode estimate
+  python launch.py --config configs/prep_cifar10.py --workdir data/c10 --mode prep  # data prep
 
 Run the same command on every host of a TPU pod (or every task of a SLURM job): the
 distributed runtime starts by itself there; elsewhere pass --coordinator_address,
@@ -24,8 +25,8 @@ from diffjax.spec import ConfigError
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, samples (resumes if present)")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "ref_stats", "estimate"],
-                  "job to run")
+flags.DEFINE_enum("mode", "train",
+                  ["train", "sample", "eval", "ref_stats", "estimate", "prep"], "job to run")
 flags.DEFINE_bool("sweep", False, "run every point of the config file's get_sweep()")
 flags.DEFINE_bool("dry_run", False, "with --sweep: print one command per point, run nothing")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
@@ -52,6 +53,9 @@ def main(argv):
   try:
     if FLAGS.sweep:
       jobs.run_sweep(FLAGS["config"], FLAGS.workdir, dry_run=FLAGS.dry_run, argv=sys.argv)
+      return
+    if FLAGS.mode == "prep" or config.get("job") == "prep":  # a Beam job: no JAX devices
+      jobs.run(FLAGS.mode, config, FLAGS.workdir)
       return
     if FLAGS.split_cpu and FLAGS.distributed != "on":
       jobs.split_cpu(config.data.batch_size)

@@ -30,13 +30,22 @@ def _estimate(config, workdir):
   return estimate(config, workdir)
 
 
-JOBS = {"train": _train, "sample": _sample, "eval": _eval, "ref_stats": _ref_stats,
+def _prep(config, workdir):
+  from diffjax.data.prep.pipeline import prepare
+  return prepare(config, workdir)
+
+
+JOBS = {"prep": _prep, "train": _train, "sample": _sample, "eval": _eval, "ref_stats": _ref_stats,
         "estimate": _estimate}
 
 
 def run(mode: str, config, workdir: str):
   if mode not in JOBS:
     raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(JOBS)}")
+  if mode != "prep" and config.get("job") == "prep":
+    from diffjax.fields import ConfigError
+    raise ConfigError(f"{config.dataset!r} is a data preparation config: run it with "
+                      f"--mode prep")
   return JOBS[mode](config, workdir)
 
 

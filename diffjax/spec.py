@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
 from diffjax import diffusion, models
+from diffjax.fields import ConfigError, FieldChecker
 from diffjax.parallel.rules import RULE_SETS
 
 DATA_SOURCES = ("digits", "tfds", "array_record")
@@ -21,10 +22,6 @@ LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 FEATURE_NETS = ("inception", "domain")
 MESH_AXES = ("data", "fsdp", "tensor")
-
-
-class ConfigError(ValueError):
-  """A config that cannot run; the message names each offending field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,33 +178,6 @@ class ExperimentSpec:
   faults: FaultSpec
 
 
-class _Checker:
-  """Collects every problem instead of stopping at the first."""
-
-  def __init__(self):
-    self.errors: list[str] = []
-
-  def require(self, ok: bool, field: str, message: str) -> bool:
-    if not ok:
-      self.errors.append(f"config.{field}: {message}")
-    return ok
-
-  def attempt(self, field: str, fn: Callable[[], Any]) -> Any:
-    try:
-      return fn()
-    except (ValueError, TypeError) as e:
-      self.errors.append(f"config.{field}: {e}")
-      return None
-
-  def one_of(self, value, allowed, field: str) -> bool:
-    return self.require(value in allowed, field,
-                        f"got {value!r}; allowed: {', '.join(map(str, allowed))}")
-
-  def positive_int(self, value, field: str, minimum: int = 1) -> bool:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-    return self.require(ok, field, f"must be an integer >= {minimum}, got {value!r}")
-
-
 def _items(section) -> tuple[tuple[str, Any], ...]:
   return tuple(sorted(section.to_dict().items())) if section is not None else ()
 
@@ -257,7 +227,7 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
   Raises:
     ConfigError: listing every invalid field.
   """
-  ck = _Checker()
+  ck = FieldChecker()
   d = config.data
   ck.one_of(d.source, DATA_SOURCES, "data.source")
   if d.source == "tfds":

@@ -1,0 +1,77 @@
+"""Defaults for data preparation (`launch.py --mode prep`): raw images -> validated,
+de-duplicated, anonymised ArrayRecord shards plus a data card, in an Apache Beam pipeline.
+
+Prep files call `get_prep_config()` and set at least ``source``; every field can be overridden
+with ``--config.section.field=value``. The output folder is ``--workdir``.
+"""
+
+import os
+
+import ml_collections
+
+# The YuNet face detector shipped with this repository's test assets; point
+# privacy.face_model at your copy of face_detection_yunet_2023mar.onnx (opencv_zoo) elsewhere.
+_ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
+                       "shared", "assets")
+DEFAULT_FACE_MODEL = os.path.normpath(os.path.join(
+    _ASSETS, "faces", "face_detection_yunet_2023mar.onnx"))
+
+
+def get_prep_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.job = "prep"  # marks a preparation config (training configs have no such field)
+  c.experiment = "prep"
+  c.dataset = "unnamed"  # name written into the manifest and data card
+  c.licence = "unknown"  # the source's licence, copied into the data card
+  c.description = ""
+
+  c.source = ml_collections.ConfigDict()
+  c.source.kind = "folder"  # folder | archive | idx | tfds
+  c.source.path = ""  # folder, .tar[.gz] archive, or folder of idx files
+  # Split name -> sub-folder (folder/archive), idx file prefix (idx) or TFDS split:
+  # "train,test" or "train=train,test=t10k"; "train=." for a folder without split folders.
+  c.source.splits = "train"
+  c.source.captions = ""  # "" | "sidecar" (<image>.txt) | path to a CSV/JSONL manifest
+  c.source.labels = True  # class folders (folder/archive) or the label field become labels
+  c.source.tfds_name = ""
+  c.source.tfds_data_dir = ""
+
+  c.validate = ml_collections.ConfigDict()
+  c.validate.max_side = 16384  # larger images are quarantined as too_large (from the header)
+  c.validate.max_pixels = 100_000_000
+
+  c.filters = ml_collections.ConfigDict()
+  c.filters.min_side = 16  # shorter side in pixels
+  c.filters.min_aspect = 0.5  # width / height range
+  c.filters.max_aspect = 2.0
+  c.filters.min_sharpness = 0.0  # variance of the Laplacian of the luma; 0 = off
+  c.filters.min_contrast = 2.0  # standard deviation of the luma (blank images); 0 = off
+  c.filters.outlier_z = 8.0  # robust z-score (median/MAD) on brightness, contrast, saturation
+  c.filters.outlier_stats = "brightness,contrast,saturation"
+
+  c.dedup = ml_collections.ConfigDict()
+  c.dedup.exact = True
+  c.dedup.near = True
+  c.dedup.max_hamming = 4  # of 64 perceptual-hash bits
+  c.dedup.split_priority = "test,validation,val,train"  # which copy is kept
+
+  c.privacy = ml_collections.ConfigDict()
+  c.privacy.faces = "blur"  # blur | pixelate | none
+  c.privacy.face_model = DEFAULT_FACE_MODEL
+  c.privacy.face_score = 0.8  # ORL faces: recall 1.0 at 0.8 (0.995 at 0.9)
+  c.privacy.face_min_side = 128  # smaller images are upscaled for detection
+  c.privacy.face_margin = 0.2  # grow each face box by this fraction before anonymising
+  c.privacy.scrub_captions = True
+
+  c.output = ml_collections.ConfigDict()
+  c.output.resolutions = "32"  # comma list: centre-crop + resize to each, "<res>px/" folders
+  c.output.channels = 0  # 0 = as the source (grey stays grey), 1 or 3 to convert
+  c.output.num_shards = 4  # per split and resolution
+  c.output.grid_size = 64  # images in the data card's example grid
+
+  c.runner = ml_collections.ConfigDict()
+  c.runner.name = "DirectRunner"  # DataflowRunner, FlinkRunner, SparkRunner, ...
+  c.runner.num_workers = 2  # DirectRunner workers
+  c.runner.mode = "multi_processing"  # DirectRunner: in_memory | multi_threading | ...
+  c.runner.options = ""  # extra Beam pipeline options, e.g. "--project=p --region=r"
+  return c

@@ -1,0 +1,148 @@
+"""Per-image checks: decoding with validation, quality measures and content hashes.
+
+Every function here is pure (bytes or pixels in, values out) so the pipeline's stages stay thin
+and each measure can be tested against a hand computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Modes converted on decode; anything else (16-bit, float, CMYK, ...) is quarantined.
+_CONVERTIBLE = {"L": "L", "RGB": "RGB", "P": "RGB", "RGBA": "RGB", "LA": "L", "1": "L",
+                "PA": "RGB"}
+
+
+class Rejected(Exception):
+  """An image that fails validation; ``reason`` is a short key counted in the report."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}" if detail else reason)
+    self.reason, self.detail = reason, detail
+
+
+def decode_validated(data: bytes, *, max_side: int, max_pixels: int) -> tuple[np.ndarray, dict]:
+  """Decodes encoded image bytes into uint8 [H, W, C] (C in 1, 3), EXIF orientation applied.
+
+  Returns the pixels and what the file carried: ``{"format", "mode", "size", "had_exif",
+  "had_gps", "had_xmp"}``. The pixels never carry metadata; encoders downstream write only
+  pixels, which is how EXIF/XMP is removed.
+
+  Raises:
+    Rejected: ``empty_file``, ``too_large`` (checked from the header, before decoding, so a
+      decompression bomb costs nothing), ``corrupt``, ``truncated``, ``unsupported_mode``,
+      ``animated``.
+  """
+  if not data:
+    raise Rejected("empty_file", "0 bytes")
+  try:
+    img = Image.open(io.BytesIO(data))
+  except Exception as e:  # PIL raises several types for unrecognised files
+    reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
+    raise Rejected(reason, f"{type(e).__name__}: {e}") from None
+  with img:
+    w, h = img.size
+    if max(w, h) > max_side or w * h > max_pixels:
+      raise Rejected("too_large", f"{w}x{h} (limits: side {max_side}, {max_pixels} pixels)")
+    if w == 0 or h == 0:
+      raise Rejected("corrupt", f"size {w}x{h}")
+    if getattr(img, "n_frames", 1) > 1:
+      raise Rejected("animated", f"{img.n_frames} frames")
+    if img.mode not in _CONVERTIBLE:
+      raise Rejected("unsupported_mode", f"mode {img.mode}")
+    exif = img.getexif()
+    meta = {"format": img.format or "?", "mode": img.mode, "size": (h, w),
+            "had_exif": len(exif) > 0, "had_gps": 0x8825 in exif,
+            "had_xmp": "xmp" in img.info or b"http://ns.adobe.com/xap" in data[:65536]}
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img.load()
+    except OSError as e:
+      reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
+      raise Rejected(reason, str(e)) from None
+    except Exception as e:  # decoders raise ValueError, SyntaxError, warnings-as-errors, ...
+      raise Rejected("corrupt", f"{type(e).__name__}: {e}") from None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+      img = img.convert("RGBA")
+      background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+      img = Image.alpha_composite(background, img)  # transparent -> white
+    img = ImageOps.exif_transpose(img)
+    img = img.convert(_CONVERTIBLE.get(img.mode, "RGB"))
+    pixels = np.asarray(img)
+  return (pixels[..., None] if pixels.ndim == 2 else pixels), meta
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+  """float32 [H, W] luma (ITU-R 601) in [0, 255]."""
+  x = image.astype(np.float32)
+  if x.shape[-1] == 1:
+    return x[..., 0]
+  return x[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def laplacian_variance(image: np.ndarray) -> float:
+  """Variance of the 4-neighbour Laplacian of the luma (interior pixels): low means blurred."""
+  g = grey(image)
+  if min(g.shape) < 3:
+    return 0.0
+  lap = (g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4.0 * g[1:-1, 1:-1])
+  return float(lap.var())
+
+
+def image_stats(image: np.ndarray) -> dict[str, float]:
+  """Per-image statistics used for low-information and outlier filtering."""
+  g = grey(image)
+  if image.shape[-1] >= 3:
+    x = image[..., :3].astype(np.float32)
+    saturation = float((x.max(-1) - x.min(-1)).mean())
+  else:
+    saturation = 0.0
+  return {"brightness": float(g.mean()), "contrast": float(g.std()),
+          "saturation": saturation, "sharpness": laplacian_variance(image)}
+
+
+def pixel_hash(image: np.ndarray) -> str:
+  """SHA-256 of the decoded pixels and their shape: equal for byte-different encodings of the
+  same image (PNG vs lossless WebP, metadata added or removed)."""
+  h = hashlib.sha256(np.asarray(image.shape, np.int64).tobytes())
+  h.update(np.ascontiguousarray(image).tobytes())
+  return h.hexdigest()
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+  k = np.arange(n)[:, None]
+  m = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+  m[0] /= np.sqrt(2.0)
+  return m
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def perceptual_hash(image: np.ndarray) -> int:
+  """64-bit DCT perceptual hash: luma resized to 32x32, the 8x8 lowest-frequency DCT
+  coefficients, one bit each for "above their median" (the DC term's bit compares the mean).
+
+  Robust to re-encoding, resizing, small brightness changes and mild blur; flipping or cropping
+  changes it.
+  """
+  g = grey(image)
+  small = np.asarray(Image.fromarray(g).resize((32, 32), Image.Resampling.BOX), np.float64)
+  coeffs = (_DCT32 @ small @ _DCT32.T)[:8, :8].ravel()
+  bits = coeffs > np.median(coeffs[1:])
+  return int(np.packbits(bits).view(">u8")[0])
+
+
+def hamming(a: int, b: int) -> int:
+  return int(a ^ b).bit_count()
+
+
+def describe(example: dict[str, Any]) -> str:
+  return f"{example['id']} ({example.get('source', '?')})"

@@ -1,0 +1,264 @@
+"""Where raw examples come from: input units planned on the driver, read inside the pipeline.
+
+The driver lists what to read (`plan_inputs`) without decoding anything: one unit per image file
+of a folder, one per archive split, one per idx split, one per block of a TFDS split. Workers
+turn units into raw examples (`read_unit`): ``{"id", "split", "label", "caption", "source",
+"data"}`` where ``data`` is the file's bytes, or ``"pixels"`` (uint8 array) for sources that
+hold decoded images (idx, TFDS). Ids are ``<split>/<path inside the split>``, stable across runs,
+so every later decision (de-duplication keeper, shard) is deterministic.
+
+Captions come from a sidecar ``<image stem>.txt`` next to each image, or from a manifest (CSV
+with columns ``file,caption`` or JSON Lines with those keys; ``file`` is the path relative to
+``source.path``, e.g. ``train/cat/0001.jpg``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import tarfile
+from typing import Any, Iterator
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".pgm", ".ppm", ".bmp", ".gif", ".tif",
+                  ".tiff")
+TFDS_BLOCK = 2048  # examples per TFDS read unit
+
+
+class InputError(ValueError):
+  """The input cannot be read at all (missing folder, unreadable manifest, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputPlan:
+  units: list[tuple]  # what read_unit takes
+  class_names: list[str]
+  captions: dict[str, str]
+  splits: dict[str, str]  # split name -> sub-folder / file prefix / TFDS split
+  num_files: int  # files listed (folder sources); 0 when unknown before reading
+
+
+def parse_splits(text: str) -> dict[str, str]:
+  """``"train,test"`` or ``"train=train,test=t10k"`` -> {split: where}."""
+  out = {}
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    name, _, where = part.partition("=")
+    out[name.strip()] = where.strip() if where else name.strip()
+  return out
+
+
+def read_captions_manifest(path: str) -> dict[str, str]:
+  """{relative file path: caption} from a CSV or JSON Lines manifest."""
+  if not os.path.isfile(path):
+    raise InputError(f"captions manifest {path!r} does not exist")
+  rows = []
+  try:
+    with open(path, encoding="utf-8") as f:
+      if path.endswith((".jsonl", ".json")):
+        for n, line in enumerate(f, 1):
+          if line.strip():
+            row = json.loads(line)
+            if not isinstance(row, dict):
+              raise ValueError(f"line {n} is not a JSON object")
+            rows.append(row)
+      else:
+        rows = list(csv.DictReader(f))
+  except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, ValueError) as e:
+    raise InputError(f"captions manifest {path!r} is unreadable: {e}") from e
+  if not rows or any("file" not in r or "caption" not in r for r in rows):
+    raise InputError(f"captions manifest {path!r} must have a 'file' and a 'caption' entry "
+                     f"in every row (CSV header file,caption or JSON Lines objects)")
+  return {str(r["file"]).lstrip("./"): str(r["caption"]) for r in rows}
+
+
+def _sidecar_captions(root: pathlib.Path) -> dict[str, str]:
+  out = {}
+  for txt in root.rglob("*.txt"):
+    for suffix in IMAGE_SUFFIXES:
+      image = txt.with_suffix(suffix)
+      if image.exists():
+        out[str(image.relative_to(root))] = txt.read_text(encoding="utf-8",
+                                                          errors="replace").strip()
+  return out
+
+
+def _class_of(rel_parts: tuple[str, ...]) -> str | None:
+  """The class folder of a path inside a split (None: image directly in the split root)."""
+  return rel_parts[0] if len(rel_parts) >= 2 else None
+
+
+def _plan_folder(path: str, splits: dict[str, str], captions: str) -> InputPlan:
+  root = pathlib.Path(path)
+  if not root.is_dir():
+    raise InputError(f"source.path {path!r} is not a folder")
+  caption_map = _sidecar_captions(root) if captions == "sidecar" else (
+      read_captions_manifest(captions) if captions else {})
+  units, classes = [], set()
+  for split, where in splits.items():
+    split_root = root / where if where != "." else root
+    if not split_root.is_dir():
+      raise InputError(f"split {split!r}: folder {str(split_root)!r} does not exist (set "
+                       f"source.splits, e.g. 'train=.' for a folder without split folders)")
+    for file in sorted(split_root.rglob("*")):
+      if not file.is_file() or file.suffix.lower() == ".txt":
+        continue
+      rel = file.relative_to(split_root)
+      cls = _class_of(rel.parts)
+      if cls is not None:
+        classes.add(cls)
+      units.append(("file", split, str(file), str(rel), cls,
+                    caption_map.get(str(file.relative_to(root)), "")))
+  if not units:
+    raise InputError(f"no files under {path!r} for splits {sorted(splits)}")
+  return InputPlan(units, sorted(classes), caption_map, splits, len(units))
+
+
+def _tar_members(archive: str) -> Iterator[tarfile.TarInfo]:
+  with tarfile.open(archive, "r:*") as tar:
+    yield from (m for m in tar if m.isfile())
+
+
+def _split_rel(name: str, where: str) -> str | None:
+  name = name.lstrip("./")
+  prefix = "" if where in ("", ".") else where.strip("/") + "/"
+  return name[len(prefix):] if name.startswith(prefix) else None
+
+
+def _plan_archive(path: str, splits: dict[str, str], captions: str) -> InputPlan:
+  if not os.path.isfile(path):
+    raise InputError(f"source.path {path!r} is not a file (kind=archive wants a .tar[.gz])")
+  if captions == "sidecar":
+    raise InputError("source.captions='sidecar' needs kind=folder; give a manifest instead")
+  caption_map = read_captions_manifest(captions) if captions else {}
+  classes, found = set(), dict.fromkeys(splits, 0)
+  try:
+    for m in _tar_members(path):
+      for split, where in splits.items():
+        rel = _split_rel(m.name, where)
+        if rel is not None:
+          found[split] += 1
+          cls = _class_of(tuple(rel.split("/")))
+          if cls is not None:
+            classes.add(cls)
+  except (tarfile.TarError, OSError, EOFError) as e:
+    raise InputError(f"source.path {path!r} is not a readable tar archive: {e}") from e
+  empty = [s for s, n in found.items() if not n]
+  if empty:
+    raise InputError(f"archive {path!r} has no files for splits {empty} (source.splits maps "
+                     f"each split to a folder inside the archive)")
+  units = [("archive", split, path, where) for split, where in splits.items()]
+  return InputPlan(units, sorted(classes), caption_map, splits, sum(found.values()))
+
+
+def _idx_files(root: str, prefix: str) -> tuple[str, str]:
+  found = []
+  for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+    candidates = [os.path.join(root, f"{prefix}-{kind}{ext}") for ext in ("", ".gz")]
+    hit = [c for c in candidates if os.path.isfile(c)]
+    if not hit:
+      raise InputError(f"no idx file {candidates[0]}[.gz] (source.splits maps each split to "
+                       f"the idx file prefix, e.g. 'train=train,test=t10k')")
+    found.append(hit[0])
+  return found[0], found[1]
+
+
+def _plan_idx(path: str, splits: dict[str, str]) -> InputPlan:
+  if not os.path.isdir(path):
+    raise InputError(f"source.path {path!r} is not a folder (kind=idx wants the folder "
+                     f"holding <prefix>-images-idx3-ubyte[.gz] files)")
+  units = [("idx", split, *_idx_files(path, prefix)) for split, prefix in splits.items()]
+  try:
+    labels = sorted({int(v) for u in units for v in np.unique(_read_idx(u[3]))})
+  except ValueError as e:
+    raise InputError(str(e)) from e
+  return InputPlan(units, [str(v) for v in labels], {}, splits, 0)
+
+
+def _plan_tfds(name: str, data_dir: str, splits: dict[str, str]) -> InputPlan:
+  import tensorflow_datasets as tfds
+  units, class_names = [], []
+  for split, where in splits.items():
+    try:
+      source = tfds.data_source(name, split=where, data_dir=data_dir or None)
+    except Exception as e:  # TFDS raises many types; name the dataset and split
+      raise InputError(f"cannot open TFDS dataset {name!r} split {where!r}: {e}") from e
+    label = source.dataset_info.features.get("label") if hasattr(
+        source, "dataset_info") else None
+    class_names = list(getattr(label, "names", []) or class_names)
+    units += [("tfds", split, name, where, data_dir, start, min(start + TFDS_BLOCK,
+                                                                 len(source)))
+              for start in range(0, len(source), TFDS_BLOCK)]
+  return InputPlan(units, class_names, {}, splits, 0)
+
+
+def plan_inputs(kind: str, path: str, splits: str, captions: str = "", tfds_name: str = "",
+                tfds_data_dir: str = "") -> InputPlan:
+  """Lists the read units of a source. Raises `InputError` naming what is missing."""
+  split_map = parse_splits(splits)
+  if not split_map:
+    raise InputError("source.splits is empty")
+  if kind == "folder":
+    return _plan_folder(path, split_map, captions)
+  if kind == "archive":
+    return _plan_archive(path, split_map, captions)
+  if kind == "idx":
+    return _plan_idx(path, split_map)
+  if kind == "tfds":
+    return _plan_tfds(tfds_name, tfds_data_dir, split_map)
+  raise InputError(f"unknown source kind {kind!r}")
+
+
+def _example(split, rel, cls, caption, source, **payload) -> dict[str, Any]:
+  return {"id": f"{split}/{rel}", "split": split, "class_name": cls, "caption": caption,
+          "source": source, **payload}
+
+
+def _read_idx(path: str) -> np.ndarray:
+  from diffjax.data.convert import read_idx
+  return read_idx(path)
+
+
+def read_unit(unit: tuple, captions: dict[str, str]) -> Iterator[dict[str, Any]]:
+  """The raw examples of one planned unit (bytes are not decoded here)."""
+  kind, split = unit[0], unit[1]
+  if kind == "file":
+    _, _, file, rel, cls, caption = unit
+    try:
+      data = pathlib.Path(file).read_bytes()
+    except OSError as e:
+      yield _example(split, rel, cls, caption, file, data=b"", read_error=str(e))
+      return
+    yield _example(split, rel, cls, caption, file, data=data)
+  elif kind == "archive":
+    _, _, archive, where = unit
+    with tarfile.open(archive, "r:*") as tar:
+      for m in tar:
+        rel = _split_rel(m.name, where) if m.isfile() else None
+        if rel is None:
+          continue
+        cls = _class_of(tuple(rel.split("/")))
+        full = m.name.lstrip("./")
+        yield _example(split, rel, cls, captions.get(full, ""), f"{archive}:{full}",
+                       data=tar.extractfile(m).read())
+  elif kind == "idx":
+    _, _, images, labels = unit
+    x, y = _read_idx(images), _read_idx(labels)
+    for i, (img, lbl) in enumerate(zip(x, y)):
+      yield _example(split, f"{i:06d}", str(int(lbl)), "", f"{images}[{i}]", pixels=img)
+  elif kind == "tfds":
+    import tensorflow_datasets as tfds
+    _, _, name, where, data_dir, start, stop = unit
+    source = tfds.data_source(name, split=where, data_dir=data_dir or None)
+    names = getattr(source.dataset_info.features.get("label"), "names", None)
+    for i in range(start, stop):
+      ex = source[i]
+      label = ex.get("label")
+      cls = None if label is None else (names[int(label)] if names else str(int(label)))
+      yield _example(split, f"{i:08d}", cls, str(ex.get("caption", "")), f"tfds:{name}/{where}",
+                     pixels=np.asarray(ex["image"]))
+  else:
+    raise ValueError(f"unknown input unit {kind!r}")

@@ -1,0 +1,240 @@
+"""The preparation pipeline: Beam graph assembly and the job `launch.py --mode prep` runs.
+
+  read -> validate (quarantine) -> measure + filters -> outliers -> exact/near de-duplication
+  -> faces + captions -> centre-crop/resize per resolution -> ArrayRecord shards
+                                                          -> manifest, data card, grids
+
+The graph is runner-independent; ``runner.name`` picks where it runs (DirectRunner with
+``runner.num_workers`` processes here; DataflowRunner/FlinkRunner/SparkRunner with their
+options in ``runner.options``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pathlib
+import pickle
+import shutil
+import time
+import traceback
+
+from diffjax.data.prep import report
+from diffjax.data.prep.inputs import InputError, plan_inputs
+from diffjax.data.prep.spec import PrepSpec, build_prep_spec, differing_fields
+from diffjax.faults import RunFault
+from diffjax.fields import ConfigError
+
+class PrepFailed(RunFault):
+  exit_code = 1
+
+
+WORK = "_work"
+STATE = "prep.json"  # written before any work: which dataset this folder holds
+
+
+def check_output_dir(out_dir: str, spec: PrepSpec) -> dict | None:
+  """Refuses a folder that holds something else; returns the previous manifest (or None)."""
+  out = pathlib.Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise ConfigError(f"--workdir {out_dir!r} is a file, not a folder")
+  if not out.exists() or not any(out.iterdir()):
+    return None
+  state = out / STATE
+  if not state.exists():
+    raise ConfigError(f"--workdir {out_dir!r} is not empty and holds no {STATE}: it is not a "
+                      f"dataset prepared by diffjax; choose an empty or new folder")
+  try:
+    previous = json.loads(state.read_text())
+  except ValueError as e:
+    raise ConfigError(f"{state} is unreadable ({e}); move the folder aside") from e
+  if previous.get("fingerprint") != spec.fingerprint:
+    diff = differing_fields(previous.get("content", {}), spec.content)
+    raise ConfigError(
+        f"--workdir {out_dir!r} already holds a different dataset "
+        f"({previous.get('dataset')!r}, prepared with other settings: "
+        f"{'; '.join(diff[:8]) or 'fingerprint differs'}). Nothing was changed; use a new "
+        f"--workdir, or delete that folder to rebuild it.")
+  manifest = out / "manifest.json"
+  return json.loads(manifest.read_text()) if manifest.exists() else {}
+
+
+def pipeline_options(spec: PrepSpec):
+  from apache_beam.options.pipeline_options import PipelineOptions
+  args = [f"--runner={spec.runner}", *spec.runner_options]
+  if spec.runner == "DirectRunner":
+    args += [f"--direct_num_workers={spec.num_workers}",
+             f"--direct_running_mode={spec.runner_mode}"]
+  return PipelineOptions(args)
+
+
+def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
+  """Adds the preparation graph to pipeline ``p``."""
+  import apache_beam as beam
+
+  from diffjax.data.prep import stages as st
+
+  pri = spec.split_priority
+  raw = (p | "Units" >> beam.Create(plan.units)
+         | "Read" >> beam.ParDo(st.ReadUnits(plan.captions))
+         | "Spread" >> beam.Reshuffle())
+  valid = raw | "Validate" >> beam.ParDo(st.Validate(
+      spec.max_side, spec.max_pixels, plan.class_names, spec.labels)).with_outputs(
+          st.REJECTED, main="ok")
+  measured = valid.ok | "Measure" >> beam.ParDo(st.Measure(
+      spec.min_side, spec.min_aspect, spec.max_aspect, spec.min_sharpness,
+      spec.min_contrast)).with_outputs(st.REJECTED, main="ok")
+  rejected = [valid[st.REJECTED], measured[st.REJECTED]]
+  kept = measured.ok
+
+  if spec.outlier_z > 0 and spec.outlier_stats:
+    quantiles = (kept | "StatValues" >> beam.FlatMap(st.stat_values, spec.outlier_stats)
+                 | "Quartiles" >> beam.ApproximateQuantiles.PerKey(5))
+    out = kept | "Outliers" >> beam.ParDo(st.DropOutliers(spec.outlier_z),
+                                          beam.pvalue.AsDict(quantiles)).with_outputs(
+                                              st.REJECTED, main="ok")
+    kept = out.ok
+    rejected.append(out[st.REJECTED])
+
+  if spec.exact_dedup or spec.near_dedup:
+    keys = kept | "HashKeys" >> beam.Map(lambda ex: (ex["pixhash"] if spec.exact_dedup
+                                                     else ex["id"], st.hash_key(ex)))
+    exact = (keys | "ByPixels" >> beam.GroupByKey()
+             | "Exact" >> beam.ParDo(st.ExactGroups(pri)).with_outputs("drops", main="kept"))
+    drops = [exact.drops]
+    if spec.near_dedup:
+      num_bands = spec.max_hamming + 1
+      near = (exact.kept
+              | "Bands" >> beam.FlatMap(lambda k: [(b, k) for b in st.dedup.bands(
+                  k.phash, num_bands)])
+              | "ByBand" >> beam.GroupByKey()
+              | "Pairs" >> beam.FlatMap(st.near_pairs, spec.max_hamming)
+              | "AllPairs" >> beam.combiners.ToList()
+              | "Near" >> beam.FlatMap(st.near_drops, pri))
+      drops.append(near)
+    drop_map = drops | "Drops" >> beam.Flatten()
+    out = kept | "Dedup" >> beam.ParDo(st.ApplyDrops(), beam.pvalue.AsDict(
+        drop_map)).with_outputs(st.REJECTED, main="ok")
+    kept = out.ok
+    rejected.append(out[st.REJECTED])
+
+  private = kept | "Privacy" >> beam.ParDo(st.Anonymise(
+      spec.faces, spec.face_model, spec.face_score, spec.face_min_side, spec.face_margin,
+      spec.scrub_captions))
+  encoded = private | "Encode" >> beam.ParDo(st.Encode(
+      spec.resolutions, spec.channels, spec.num_shards)).with_outputs("kept", main="records")
+  splits = list(plan.splits)
+  every_shard = [((r, s, i), None) for r in spec.resolutions for s in splits
+                 for i in range(spec.num_shards)]
+  shards = ((encoded.records, p | "AllShards" >> beam.Create(every_shard))
+            | "WithEmpty" >> beam.Flatten()
+            | "ByShard" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(st.WriteShard(out_dir, spec.num_shards)))
+
+  def save(pcoll, name, writer=st.write_json):
+    path = os.path.join(work_dir, name)
+    return pcoll | f"Save_{name}" >> beam.Map(writer, path)
+
+  save(shards | "ShardList" >> beam.combiners.ToList(), "shards.json")
+  save(encoded.kept | "Summary" >> beam.CombineGlobally(st.SummaryFn()), "summary.json")
+  save(encoded.kept | "GridPick" >> beam.combiners.Top.Of(
+      spec.grid_size, key=lambda s: -st.grid_key(s["id"]))
+       | "GridImages" >> beam.Map(lambda xs: [(s["id"], s["label"], s["image"]) for s in xs]),
+       "grid.pkl", st.write_pickle)
+  all_rejected = (rejected | "AllRejected" >> beam.Flatten()
+                  | "Quarantine" >> beam.ParDo(st.Quarantine(out_dir)))
+  save(all_rejected | "RejectPick" >> beam.Map(lambda r: (r["reason"], r))
+       | "PerReason" >> beam.combiners.Top.PerKey(8, key=lambda r: -st.grid_key(r["id"]))
+       | "RejectGrid" >> beam.combiners.ToList(), "rejected_grid.pkl", st.write_pickle)
+  _ = (all_rejected | "RejectJson" >> beam.Map(
+      lambda r: json.dumps({k: v for k, v in r.items() if k != "thumb"}, sort_keys=True))
+       | "RejectedList" >> beam.io.WriteToText(os.path.join(work_dir, "rejected"),
+                                               file_name_suffix=".jsonl"))
+
+
+def _metrics(result) -> dict[str, int]:
+  from apache_beam.metrics.metric import MetricsFilter
+  out = {}
+  for c in result.metrics().query(MetricsFilter().with_namespace("prep"))["counters"]:
+    out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed or c.attempted
+                                                                 or 0)
+  return out
+
+
+def _ensure_workers_import_diffjax() -> None:
+  # DirectRunner's worker processes start a fresh interpreter; make this checkout importable.
+  root = str(pathlib.Path(__file__).resolve().parents[3])
+  paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+  if root not in paths:
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
+
+
+def prepare(config, workdir: str) -> dict:
+  """Runs the whole preparation; returns the manifest. Bad input raises ConfigError before
+  anything is read or written."""
+  spec = build_prep_spec(config)
+  try:
+    plan = plan_inputs(spec.kind, spec.path, spec.splits, spec.captions, spec.tfds_name,
+                       spec.tfds_data_dir)
+  except InputError as e:
+    raise ConfigError(f"config.source: {e}") from e
+  previous = check_output_dir(workdir, spec)
+  try:
+    import apache_beam as beam
+  except ImportError as e:
+    raise ConfigError("--mode prep needs Apache Beam and OpenCV: pip install -r "
+                      "requirements-prep.txt") from e
+
+  old_umask = os.umask(0o077)  # owner-only files and folders, here and in worker processes
+  try:
+    return _run(spec, plan, pathlib.Path(workdir), previous, beam)
+  finally:
+    os.umask(old_umask)
+
+
+def _run(spec: PrepSpec, plan, out: pathlib.Path, previous, beam) -> dict:
+  out.mkdir(parents=True, exist_ok=True)
+  os.chmod(out, 0o700)
+  (out / STATE).write_text(json.dumps({"dataset": spec.dataset, "fingerprint": spec.fingerprint,
+                                       "content": spec.content}, indent=1))
+  work = out / WORK
+  shutil.rmtree(work, ignore_errors=True)
+  work.mkdir(mode=0o700)
+  _ensure_workers_import_diffjax()
+  print(f"prep: {len(plan.units)} input units ({plan.num_files or '?'} files), "
+        f"{len(plan.class_names)} classes, splits {list(plan.splits)} -> {out} "
+        f"[{spec.runner}, {spec.num_workers} workers]", flush=True)
+  start = time.time()
+  try:
+    with beam.Pipeline(options=pipeline_options(spec)) as p:
+      build(p, spec, plan, str(out), str(work))
+  except Exception as e:  # a worker failure surfaces as many types; keep the trace in a file
+    log = out / "prep_error.log"
+    log.write_text(traceback.format_exc())
+    last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    raise PrepFailed(f"preparation failed: {last}. Finished shards are kept and reused by "
+                     f"the next run; full trace in {log}") from e
+  result = p.result
+  wall = time.time() - start
+  metrics = _metrics(result)
+  manifest = report.assemble(spec, plan, out, work, metrics, wall, previous)
+  shutil.rmtree(work, ignore_errors=True)
+  print(report.summary_line(manifest), flush=True)
+  return manifest
+
+
+def load_work(work: pathlib.Path, name: str):
+  path = work / name
+  if name.endswith(".pkl"):
+    with open(path, "rb") as f:
+      return pickle.load(f)
+  return json.loads(path.read_text())
+
+
+def rejected_rows(work: pathlib.Path) -> list[dict]:
+  rows = []
+  for path in sorted(glob.glob(str(work / "rejected*.jsonl"))):
+    with open(path) as f:
+      rows += [json.loads(line) for line in f if line.strip()]
+  return sorted(rows, key=lambda r: r["id"])
