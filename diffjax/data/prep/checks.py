@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from typing import Any
+
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -43,8 +43,10 @@ def decode_validated(data: bytes, *, max_side: int, max_pixels: int) -> tuple[np
     raise Rejected("empty_file", "0 bytes")
   try:
     img = Image.open(io.BytesIO(data))
+  except Image.DecompressionBombError as e:  # PIL's own limit, hit before ours
+    raise Rejected("too_large", str(e)) from None
   except Exception as e:  # PIL raises several types for unrecognised files
-    reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
+    reason = "truncated" if looks_truncated(data) else "corrupt"
     raise Rejected(reason, f"{type(e).__name__}: {e}") from None
   with img:
     w, h = img.size
@@ -65,7 +67,8 @@ def decode_validated(data: bytes, *, max_side: int, max_pixels: int) -> tuple[np
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img.load()
     except OSError as e:
-      reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
+      reason = "truncated" if looks_truncated(data) or "truncated" in str(e).lower() \
+          else "corrupt"
       raise Rejected(reason, str(e)) from None
     except Exception as e:  # decoders raise ValueError, SyntaxError, warnings-as-errors, ...
       raise Rejected("corrupt", f"{type(e).__name__}: {e}") from None
@@ -77,6 +80,15 @@ def decode_validated(data: bytes, *, max_side: int, max_pixels: int) -> tuple[np
     img = img.convert(_CONVERTIBLE.get(img.mode, "RGB"))
     pixels = np.asarray(img)
   return (pixels[..., None] if pixels.ndim == 2 else pixels), meta
+
+
+def looks_truncated(data: bytes) -> bool:
+  """A JPEG or PNG whose start is intact but whose end marker is missing."""
+  if data[:3] == b"\xff\xd8\xff":
+    return not data.rstrip(b"\0").endswith(b"\xff\xd9")
+  if data[:8] == b"\x89PNG\r\n\x1a\n":
+    return b"IEND" not in data[-16:]
+  return False
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -144,5 +156,3 @@ def hamming(a: int, b: int) -> int:
   return int(a ^ b).bit_count()
 
 
-def describe(example: dict[str, Any]) -> str:
-  return f"{example['id']} ({example.get('source', '?')})"

@@ -65,7 +65,8 @@ def pipeline_options(spec: PrepSpec):
   args = [f"--runner={spec.runner}", *spec.runner_options]
   if spec.runner == "DirectRunner":
     args += [f"--direct_num_workers={spec.num_workers}",
-             f"--direct_running_mode={spec.runner_mode}"]
+             f"--direct_running_mode={spec.runner_mode}",
+             "--default_sdk_harness_log_level=ERROR"]
   return PipelineOptions(args)
 
 
@@ -80,7 +81,8 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
          | "Read" >> beam.ParDo(st.ReadUnits(plan.captions))
          | "Spread" >> beam.Reshuffle())
   valid = raw | "Validate" >> beam.ParDo(st.Validate(
-      spec.max_side, spec.max_pixels, plan.class_names, spec.labels)).with_outputs(
+      spec.max_side, spec.max_pixels, plan.class_names, spec.labels, plan.num_files,
+      spec.num_workers)).with_outputs(
           st.REJECTED, main="ok")
   measured = valid.ok | "Measure" >> beam.ParDo(st.Measure(
       spec.min_side, spec.min_aspect, spec.max_aspect, spec.min_sharpness,

@@ -197,11 +197,12 @@ def _table(rows, header) -> str:
 def data_card(m: dict) -> str:
   c, p, t = m["counts"], m["privacy"], m["throughput"]
   cfg = m["config"]
+  src = cfg["source"]
   lines = [f"# Data card: {m['dataset']}", "",
            f"{m['description']}".strip() or "(no description given)", "",
            f"- Licence of the source: **{m['licence']}**",
-           f"- Source: `{cfg['source']['kind']}` at `{cfg['source']['path'] or cfg['source']['tfds_name']}`"
-           f", splits `{cfg['source']['splits']}`",
+           f"- Source: `{src['kind']}` at `{src['path'] or src['tfds_name']}`, splits "
+           f"`{src['splits']}`",
            f"- Prepared {m['created']} by diffjax {m['diffjax_version']} "
            f"(fingerprint `{m['fingerprint']}`, runner {m['runner']['name']} with "
            f"{m['runner']['workers']} workers)",

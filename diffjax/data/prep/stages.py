@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -75,14 +76,38 @@ class ReadUnits(beam.DoFn):
       yield from inputs.read_unit(unit, self._captions)
 
 
+class Progress:
+  """Prints this worker's progress every ``every`` images: count, rate and an ETA for its
+  share (``expected`` inputs spread over ``workers``)."""
+
+  def __init__(self, expected: int, workers: int, every: int = 5000):
+    self._share = expected / max(workers, 1) if expected else 0
+    self._every, self._n, self._t0 = every, 0, None
+
+  def tick(self) -> None:
+    self._t0 = self._t0 or time.perf_counter()
+    self._n += 1
+    if self._n % self._every == 0:
+      rate = self._n / max(time.perf_counter() - self._t0, 1e-9)
+      eta = f", ETA {max(self._share - self._n, 0) / rate:.0f} s" if self._share else ""
+      print(f"prep: worker {os.getpid()} validated {self._n} images, {rate:.0f}/s{eta}",
+            file=sys.stderr, flush=True)
+
+
 class Validate(beam.DoFn):
   """Decodes and validates; adds ``image``, ``meta`` and ``label``."""
 
-  def __init__(self, max_side: int, max_pixels: int, class_names: list[str], labels: bool):
+  def __init__(self, max_side: int, max_pixels: int, class_names: list[str], labels: bool,
+               expected: int = 0, workers: int = 1):
     self._max_side, self._max_pixels = max_side, max_pixels
     self._index = {c: i for i, c in enumerate(class_names)} if labels else {}
+    self._expected, self._workers = expected, workers
+
+  def setup(self):
+    self._progress = Progress(self._expected, self._workers)
 
   def process(self, ex: dict[str, Any]):
+    self._progress.tick()
     with _Timed("validate"):
       if ex.get("read_error"):
         yield reject(ex, "validate", "unreadable_file", ex["read_error"], keep_data=False)

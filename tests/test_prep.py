@@ -1,0 +1,401 @@
+"""Data preparation (diffjax/data/prep): the Beam pipeline on a planted dirty dataset built
+from real images, with each filter's precision and recall asserted and written to
+``<tmp>/planted_results.json``; face anonymisation on ORL faces; captions; metadata;
+idempotent re-runs; bad input stopped before any work; shards read by the training pipeline."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("apache_beam", reason="data preparation needs requirements-prep.txt")
+pytest.importorskip("cv2", reason="data preparation needs requirements-prep.txt")
+
+from configs import prep_base  # noqa: E402
+from diffjax.data.prep import checks, dedup, privacy  # noqa: E402
+from diffjax.data.prep.pipeline import prepare  # noqa: E402
+from diffjax.data.prep.planted import BENIGN_CAPTIONS, PII_CAPTIONS, build_planted  # noqa: E402
+from diffjax.data.records import decode_record  # noqa: E402
+from diffjax.fields import ConfigError  # noqa: E402
+
+ASSETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "assets"
+FACE_MODEL = ASSETS / "faces" / "face_detection_yunet_2023mar.onnx"
+needs_assets = pytest.mark.skipif(not FACE_MODEL.exists(),
+                                  reason=f"real test assets not found at {ASSETS}")
+
+
+def planted_config(path, **overrides):
+  c = prep_base.get_prep_config()
+  c.dataset = "planted"
+  c.source.kind = "folder"
+  c.source.path = str(path)
+  c.source.splits = "train,test"
+  c.source.captions = "sidecar"
+  c.validate.max_side = 4096
+  c.filters.min_side = 24
+  c.filters.min_sharpness = 10.0
+  c.dedup.max_hamming = 4
+  c.privacy.face_model = str(FACE_MODEL)
+  c.output.resolutions = "32,64"
+  c.output.num_shards = 2
+  c.output.grid_size = 16
+  c.runner.mode = "multi_processing"
+  c.runner.num_workers = 2
+  for key, value in overrides.items():
+    section, field = key.split("__")
+    c[section][field] = value
+  return c
+
+
+def read_shards(folder: pathlib.Path, pattern: str = "*.array_record") -> dict[str, dict]:
+  from array_record.python.array_record_module import ArrayRecordReader
+  out = {}
+  for path in sorted(folder.glob(pattern)):
+    reader = ArrayRecordReader(str(path))
+    for raw in reader.read_all():
+      rec = decode_record(raw)
+      out[rec["id"]] = {**rec, "raw": raw}
+    reader.close()
+  return out
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+  if not FACE_MODEL.exists():
+    pytest.skip(f"real test assets not found at {ASSETS}")
+  root = tmp_path_factory.mktemp("planted")
+  truth = build_planted(root / "raw", ASSETS)
+  out = root / "prepared"
+  manifest = prepare(planted_config(root / "raw"), str(out))
+  rejected = {}
+  for line in (out / "rejected.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    rejected[r["id"]] = r
+  return truth, out, manifest, rejected, read_shards(out / "32px")
+
+
+def _scores(truth, rejected, reasons):
+  planted = {i for i, r in truth.reasons.items() if r in reasons}
+  found = {i for i, r in rejected.items() if r["reason"] in reasons}
+  hit = planted & found
+  return {"planted": len(planted), "flagged": len(found),
+          "precision": len(hit) / max(len(found), 1), "recall": len(hit) / max(len(planted), 1),
+          "missed": sorted(planted - found), "false": sorted(found - planted)}
+
+
+FILTERS = {
+    "invalid": ("corrupt", "truncated", "empty_file", "unsupported_mode", "too_large"),
+    "too_small": ("too_small",), "blurry": ("blurry",), "low_information": ("low_information",),
+    "exact_duplicate": ("exact_duplicate",), "near_duplicate": ("near_duplicate",),
+}
+
+
+@needs_assets
+def test_filters_precision_recall(planted, tmp_path_factory):
+  truth, out, manifest, rejected, kept = planted
+  scores = {name: _scores(truth, rejected, reasons) for name, reasons in FILTERS.items()}
+  # Every reason matches exactly, e.g. a truncated file is not just "corrupt".
+  for ident, reason in truth.reasons.items():
+    assert ident in rejected, f"{ident} ({reason}) was kept"
+    assert rejected[ident]["reason"] == reason, (ident, rejected[ident])
+  results = tmp_path_factory.getbasetemp() / "planted_results.json"
+  results.write_text(json.dumps(scores, indent=1))
+  for name, s in scores.items():
+    assert s["recall"] == 1.0, (name, s)
+    assert s["precision"] >= 0.9, (name, s)
+  # Nothing clean was dropped, all clean images are in the shards, once.
+  assert not set(truth.clean) & set(rejected)
+  assert set(truth.clean) <= set(kept)
+  assert manifest["counts"]["kept_total"] == len(kept)
+  assert manifest["counts"]["inputs"] == len(kept) + len(rejected)
+  assert manifest["counts"]["dropped"]["exact_duplicate"] == 12
+
+
+@needs_assets
+def test_duplicates_keep_the_test_copy(planted):
+  truth, _, manifest, rejected, kept = planted
+  for dup, original in truth.duplicate_of.items():
+    assert original in kept, f"{original} should be kept over its duplicate {dup}"
+    assert original in rejected[dup]["detail"]
+  leaks = [d for d, o in truth.duplicate_of.items() if o.startswith("test/")]
+  assert leaks and all("(cross-split)" in rejected[d]["detail"] for d in leaks)
+  assert manifest["counts"]["cross_split_duplicates"] == len(leaks)
+
+
+@needs_assets
+def test_invalid_files_are_quarantined(planted):
+  truth, out, _, rejected, _ = planted
+  for ident, reason in truth.reasons.items():
+    if reason in FILTERS["invalid"] and reason != "empty_file":
+      copy = out / rejected[ident]["quarantined_as"]
+      assert copy.read_bytes() == (pathlib.Path(truth.root) / ident).read_bytes()
+      assert copy.parent.name == reason
+
+
+@needs_assets
+def test_faces_blurred_at_planted_boxes(planted):
+  truth, out, manifest, _, _ = planted
+  full = read_shards(out / "64px")
+  detector = privacy.FaceDetector(str(FACE_MODEL), 0.8, 128)
+  found = 0
+  for ident, (x, y, w, h) in truth.faces.items():
+    original = checks.decode_validated((pathlib.Path(truth.root) / ident).read_bytes(),
+                                       max_side=4096, max_pixels=10**8)[0]
+    boxes = detector.detect(original)
+    ious = [_iou((x, y, w, h), b[:4]) for b in boxes]
+    found += bool(ious) and max(ious) > 0.3
+    # The output is the centre crop resized to 64px; map the planted face into it.
+    out_img = full[ident]["image"].astype(np.float32)
+    ref = _crop_resize(original, 64).astype(np.float32)
+    side = min(original.shape[:2])
+    top, left = (original.shape[0] - side) // 2, (original.shape[1] - side) // 2
+    s = 64 / side
+    y0, y1 = int((y + 0.25 * h - top) * s), int((y + 0.75 * h - top) * s)
+    x0, x1 = int((x + 0.25 * w - left) * s), int((x + 0.75 * w - left) * s)
+    y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, 64), min(x1, 64)
+    region_out, region_ref = out_img[y0:y1, x0:x1], ref[y0:y1, x0:x1]
+    assert np.abs(region_out - region_ref).mean() > 4.0, ident
+    assert checks.laplacian_variance(region_out.astype(np.uint8)) < 0.3 * \
+        checks.laplacian_variance(region_ref.astype(np.uint8)), ident
+  recall = found / len(truth.faces)
+  assert recall == 1.0
+  assert manifest["privacy"]["images_with_faces"] >= len(truth.faces)
+
+
+def _iou(a, b):
+  ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+  iw = max(0, min(ax1, bx1) - max(a[0], b[0]))
+  ih = max(0, min(ay1, by1) - max(a[1], b[1]))
+  inter = iw * ih
+  return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _crop_resize(image, size):
+  from diffjax.data.pipeline import center_crop_resize
+  return center_crop_resize(image, size)
+
+
+@needs_assets
+def test_orl_face_detection_recall_and_blur():
+  faces = np.load(ASSETS / "faces" / "orl_faces_400x112x92.npz")["images"][..., None]
+  detector = privacy.FaceDetector(str(FACE_MODEL), 0.8, 128)
+  boxes = [detector.detect(f) for f in faces]
+  recall = np.mean([bool(b) for b in boxes])
+  assert recall >= 0.99, recall
+  for face, b in list(zip(faces, boxes))[:40]:
+    blurred = privacy.anonymise(face, b, "blur")
+    pixelated = privacy.anonymise(face, b, "pixelate")
+    x0, y0, x1, y1 = privacy.expand_box(b[0], 0.0, *face.shape[:2])
+    for anon in (blurred, pixelated):
+      diff = np.abs(anon[y0:y1, x0:x1].astype(int) - face[y0:y1, x0:x1].astype(int))
+      assert diff.mean() > 5 and (diff > 0).mean() > 0.5
+
+
+@needs_assets
+def test_no_metadata_and_no_personal_data_survives(planted):
+  truth, _, manifest, _, kept = planted
+  for ident in truth.exif_gps:
+    src = Image.open(pathlib.Path(truth.root) / ident)
+    assert 0x8825 in src.getexif()  # the input really carries GPS
+  assert manifest["privacy"]["metadata_removed_from"]["gps"] == len(truth.exif_gps)
+  for rec in kept.values():
+    raw = msgpack_image_bytes(rec["raw"])
+    img = Image.open(io.BytesIO(raw))
+    assert img.format == "PNG" and len(img.getexif()) == 0
+    assert not ({"exif", "xmp", "XML:com.adobe.xmp"} & set(img.info))
+    assert b"Exif" not in raw and b"PlantedCam" not in raw
+  for ident, secrets in truth.pii.items():
+    caption = kept[ident]["caption"]
+    assert all(s not in caption for s in secrets), caption
+    assert "[" in caption
+  for ident, text in truth.benign.items():
+    assert kept[ident]["caption"] == text
+  assert len(truth.pii) == len(PII_CAPTIONS) and len(truth.benign) == len(BENIGN_CAPTIONS)
+
+
+def msgpack_image_bytes(raw: bytes) -> bytes:
+  import msgpack
+  return msgpack.unpackb(raw, raw=False)["image"]
+
+
+@needs_assets
+def test_outputs_owner_only_and_card_complete(planted):
+  _, out, manifest, _, _ = planted
+  for path in [out, *out.rglob("*")]:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode & 0o077 == 0, f"{path} has mode {oct(mode)}"
+  card = (out / "DATACARD.md").read_text()
+  for heading in ("## Counts", "## Class balance", "## Pixel statistics",
+                  "## Source resolution", "## Privacy", "## Shards", "## Throughput"):
+    assert heading in card
+  assert (out / "examples.png").exists() and (out / "rejected.png").exists()
+  for shard in manifest["shards"]:
+    assert shard["sha256"] == _sha256(out / shard["file"])
+  stats = manifest["channel_stats"]["train"]
+  assert len(stats["mean"]) == 3 and all(0 < m < 1 for m in stats["mean"])
+
+
+def _sha256(path):
+  import hashlib
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_assets
+def test_rerun_is_idempotent_and_reports_changes(planted, tmp_path):
+  truth, out, first, _, kept = planted
+  import shutil
+  copy = tmp_path / "prepared"
+  shutil.copytree(out, copy)
+  config = planted_config(truth.root, runner__mode="in_memory", runner__num_workers=1)
+  again = prepare(config, str(copy))
+  assert again["changes"]["shards_written"] == 0
+  assert again["changes"]["shards_unchanged"] == len(first["shards"])
+  assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in first["shards"]]
+  # One new image: only the shard it lands in is rewritten, and the report says so.
+  extra = pathlib.Path(truth.root) / "train" / "cat" / "new.png"
+  Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), np.uint8)).save(extra)
+  try:
+    third = prepare(config, str(copy))
+  finally:
+    extra.unlink()
+  assert third["changes"]["shards_written"] == 2  # one shard per resolution
+  assert third["changes"]["kept_delta"]["train"] == 1
+
+
+def test_bad_input_stops_before_work(tmp_path):
+  good = tmp_path / "images" / "train" / "a"
+  good.mkdir(parents=True)
+  Image.new("RGB", (32, 32)).save(good / "x.png")
+  out = tmp_path / "out"
+
+  def fails(config, workdir, *words):
+    with pytest.raises(ConfigError) as e:
+      prepare(config, str(workdir))
+    for w in words:
+      assert w in str(e.value), str(e.value)
+
+  c = planted_config(tmp_path / "missing")
+  fails(c, out, "source.path", "does not exist")
+  c = planted_config(tmp_path / "images", source__captions=str(tmp_path / "nope.csv"))
+  fails(c, out, "source.captions")
+  bad_manifest = tmp_path / "captions.jsonl"
+  bad_manifest.write_text("{not json\n")
+  c = planted_config(tmp_path / "images", source__captions=str(bad_manifest))
+  fails(c, out, "captions manifest", "unreadable")
+  c = planted_config(tmp_path / "images", privacy__faces="smudge", output__resolutions="x")
+  fails(c, out, "privacy.faces", "output.resolutions")
+  c = planted_config(tmp_path / "images", source__splits="train,valid")
+  fails(c, out, "split 'valid'")
+  assert not out.exists()  # nothing was written by any of these
+
+  other = tmp_path / "taken"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  fails(planted_config(tmp_path / "images", source__splits="train"), other, "not empty")
+  assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_different_dataset_in_workdir_is_refused(tmp_path):
+  folder = tmp_path / "images" / "train" / "a"
+  folder.mkdir(parents=True)
+  for i in range(3):
+    Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), np.uint8)).save(
+        folder / f"{i}.png")
+  out = tmp_path / "out"
+  base = dict(source__splits="train", privacy__faces="none", runner__mode="in_memory",
+              runner__num_workers=1, output__resolutions="32")
+  prepare(planted_config(tmp_path / "images", **base), str(out))
+  before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  with pytest.raises(ConfigError, match=r"different dataset.*filters.min_side: 24 -> 8"):
+    prepare(planted_config(tmp_path / "images", filters__min_side=8, **base), str(out))
+  assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_unknown_option_is_a_clear_launch_error(tmp_path):
+  from tests.launch_util import launch
+  r = launch("--mode=prep", "--config=configs/prep_cifar10.py", f"--workdir={tmp_path}/o",
+             "--config.filters.min_sharpnes=3", check=False)
+  assert r.returncode == 2
+  assert "filters.min_sharpnes" in r.stderr and "no such config field" in r.stderr
+  assert "Traceback" not in r.stderr
+
+
+@needs_assets
+def test_training_pipeline_reads_prepared_shards(planted):
+  from diffjax.data import PipelineOptions, make_dataset
+  from diffjax.data.sources import ArrayRecordSource
+  _, out, manifest, _, _ = planted
+  source = ArrayRecordSource(str(out / "32px" / "train-*"))
+  assert len(source) == manifest["counts"]["kept"]["train"]
+  ds = make_dataset(source, PipelineOptions(image_size=32, channels=3, random_flip=True,
+                                            batch_size=8))
+  batch = next(iter(ds))
+  assert batch["image"].shape == (8, 32, 32, 3)
+  assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+  assert set(batch["label"].tolist()) <= set(range(len(manifest["classes"])))
+
+
+def test_caption_scrubbing_cases():
+  for text, secrets in PII_CAPTIONS:
+    scrubbed, counts = privacy.scrub_caption(text)
+    assert all(s not in scrubbed for s in secrets), scrubbed
+    assert sum(counts.values()) >= len(secrets)
+  for text in BENIGN_CAPTIONS:
+    assert privacy.scrub_caption(text) == (text, {})
+
+
+def test_perceptual_hash_and_bands():
+  rng = np.random.default_rng(0)
+  img = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+  img = np.asarray(Image.fromarray(img).resize((32, 32)).resize((64, 64)))
+  brighter = np.clip(img.astype(int) + 6, 0, 255).astype(np.uint8)
+  other = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+  h, hb, ho = (checks.perceptual_hash(x) for x in (img, brighter, other))
+  assert checks.hamming(h, hb) <= 4 < checks.hamming(h, ho)
+  # Pigeonhole: any two hashes within k bits share one of k + 1 bands.
+  for _ in range(200):
+    a = int(rng.integers(0, 2**63))
+    flips = rng.choice(64, 4, replace=False)
+    b = a ^ sum(1 << int(f) for f in flips)
+    assert set(dedup.bands(a, 5)) & set(dedup.bands(b, 5))
+  # Union-find joins chains; the keeper is the highest-priority split, then the smallest id.
+  k = [dedup.HashKey(f"{s}/{i}", s, 0) for i, s in enumerate(["train", "train", "test"])]
+  groups = dedup.groups([(k[0], k[1]), (k[1], k[2])])
+  assert len(groups) == 1
+  kept, dropped = dedup.resolve(groups[0], dedup.keeper_order(("test", "train")))
+  assert kept == k[2] and set(dropped) == {k[0], k[1]}
+
+
+def test_laplacian_variance_closed_form():
+  # A checkerboard of 0/255 has Laplacian +-4*255 everywhere inside: variance (4*255)^2.
+  board = ((np.indices((10, 10)).sum(0) % 2) * 255).astype(np.uint8)[..., None]
+  assert checks.laplacian_variance(board) == pytest.approx((4 * 255) ** 2)
+  assert checks.laplacian_variance(np.full((10, 10, 1), 7, np.uint8)) == 0.0
+  ramp = np.tile(np.arange(10, dtype=np.uint8) * 20, (10, 1))[..., None]
+  assert checks.laplacian_variance(ramp) == 0.0  # linear ramps have no second derivative
+
+
+def test_decode_rejects_bomb_from_header_without_decoding():
+  buf = io.BytesIO()
+  Image.new("L", (20000, 20000)).save(buf, "PNG")  # ~400 MB of pixels, a small file
+  with pytest.raises(checks.Rejected) as e:
+    checks.decode_validated(buf.getvalue(), max_side=16384, max_pixels=10**8)
+  assert e.value.reason == "too_large"
+
+
+def test_exif_orientation_applied_and_dropped():
+  img = np.zeros((20, 40, 3), np.uint8)
+  img[:, :20] = 255  # left half white
+  exif = Image.Exif()
+  exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, "PNG", exif=exif)
+  pixels, meta = checks.decode_validated(buf.getvalue(), max_side=100, max_pixels=10**6)
+  assert meta["had_exif"] and pixels.shape == (40, 20, 3)
+  assert pixels[:20].mean() > 200 and pixels[20:].mean() < 50  # white half now on top
