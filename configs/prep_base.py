@@ -33,6 +33,7 @@ def get_prep_config() -> ml_collections.ConfigDict:
   c.source.splits = "train"
   c.source.captions = ""  # "" | "sidecar" (<image>.txt) | path to a CSV/JSONL manifest
   c.source.labels = True  # class folders (folder/archive) or the label field become labels
+  c.source.limit = 0  # at most this many inputs per split (0 = all), for smoke runs
   c.source.tfds_name = ""
   c.source.tfds_data_dir = ""
 

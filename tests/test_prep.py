@@ -399,3 +399,41 @@ def test_exif_orientation_applied_and_dropped():
   pixels, meta = checks.decode_validated(buf.getvalue(), max_side=100, max_pixels=10**6)
   assert meta["had_exif"] and pixels.shape == (40, 20, 3)
   assert pixels[:20].mean() > 200 and pixels[20:].mean() < 50  # white half now on top
+
+
+def _small_config(kind, path, splits, **overrides):
+  c = planted_config(path, source__kind=kind, source__splits=splits, source__captions="",
+                     source__limit=40, runner__mode="in_memory", runner__num_workers=1,
+                     output__resolutions="32", output__num_shards=1, filters__min_side=8,
+                     filters__min_sharpness=0.0, privacy__faces="none", **overrides)
+  c.source.kind = kind
+  return c
+
+
+@needs_assets
+def test_idx_and_archive_sources(tmp_path):
+  """MNIST idx files and the CIFAR-10 JPEG archive (first 40 per split)."""
+  m = prepare(_small_config("idx", ASSETS / "data" / "mnist_t10k", "test=t10k"),
+              str(tmp_path / "mnist"))
+  assert m["counts"]["inputs"] == 40 and m["classes"] == [str(i) for i in range(10)]
+  recs = read_shards(tmp_path / "mnist" / "32px")
+  assert {r["image"].shape for r in recs.values()} == {(32, 32, 1)}
+  c = prepare(_small_config("archive", ASSETS / "data" / "cifar10_jpeg" /
+                            "cifar10-jpeg-q75.tar.gz", "train,test"), str(tmp_path / "c10"))
+  assert c["counts"]["inputs"] == 80 and len(c["classes"]) == 10
+  assert sum(c["counts"]["kept"].values()) + sum(c["counts"]["dropped"].values()) == 80
+  recs = read_shards(tmp_path / "c10" / "32px")
+  assert {r["image"].shape for r in recs.values()} == {(32, 32, 3)}
+  assert {r["split"] for r in recs.values()} == {"train", "test"}
+
+
+def test_tfds_source_with_mock_data(tmp_path):
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    m = prepare(_small_config("tfds", "", "train", source__tfds_name="mnist"),
+                str(tmp_path / "out"))
+  # Mock images are random noise: none may be dropped as blank, all are labelled 0-9.
+  assert m["counts"]["inputs"] == 12
+  recs = read_shards(tmp_path / "out" / "32px")
+  assert len(recs) == m["counts"]["kept_total"] and all(0 <= r["label"] < 10
+                                                        for r in recs.values())

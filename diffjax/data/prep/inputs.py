@@ -91,7 +91,7 @@ def _class_of(rel_parts: tuple[str, ...]) -> str | None:
   return rel_parts[0] if len(rel_parts) >= 2 else None
 
 
-def _plan_folder(path: str, splits: dict[str, str], captions: str) -> InputPlan:
+def _plan_folder(path: str, splits: dict[str, str], captions: str, limit: int) -> InputPlan:
   root = pathlib.Path(path)
   if not root.is_dir():
     raise InputError(f"source.path {path!r} is not a folder")
@@ -103,9 +103,9 @@ def _plan_folder(path: str, splits: dict[str, str], captions: str) -> InputPlan:
     if not split_root.is_dir():
       raise InputError(f"split {split!r}: folder {str(split_root)!r} does not exist (set "
                        f"source.splits, e.g. 'train=.' for a folder without split folders)")
-    for file in sorted(split_root.rglob("*")):
-      if not file.is_file() or file.suffix.lower() == ".txt":
-        continue
+    files = [f for f in sorted(split_root.rglob("*"))
+             if f.is_file() and f.suffix.lower() != ".txt"]
+    for file in files[:limit or None]:
       rel = file.relative_to(split_root)
       cls = _class_of(rel.parts)
       if cls is not None:
@@ -128,7 +128,7 @@ def _split_rel(name: str, where: str) -> str | None:
   return name[len(prefix):] if name.startswith(prefix) else None
 
 
-def _plan_archive(path: str, splits: dict[str, str], captions: str) -> InputPlan:
+def _plan_archive(path: str, splits: dict[str, str], captions: str, limit: int) -> InputPlan:
   if not os.path.isfile(path):
     raise InputError(f"source.path {path!r} is not a file (kind=archive wants a .tar[.gz])")
   if captions == "sidecar":
@@ -150,8 +150,9 @@ def _plan_archive(path: str, splits: dict[str, str], captions: str) -> InputPlan
   if empty:
     raise InputError(f"archive {path!r} has no files for splits {empty} (source.splits maps "
                      f"each split to a folder inside the archive)")
-  units = [("archive", split, path, where) for split, where in splits.items()]
-  return InputPlan(units, sorted(classes), caption_map, splits, sum(found.values()))
+  units = [("archive", split, path, where, limit) for split, where in splits.items()]
+  total = sum(min(n, limit) if limit else n for n in found.values())
+  return InputPlan(units, sorted(classes), caption_map, splits, total)
 
 
 def _idx_files(root: str, prefix: str) -> tuple[str, str]:
@@ -166,11 +167,12 @@ def _idx_files(root: str, prefix: str) -> tuple[str, str]:
   return found[0], found[1]
 
 
-def _plan_idx(path: str, splits: dict[str, str]) -> InputPlan:
+def _plan_idx(path: str, splits: dict[str, str], limit: int) -> InputPlan:
   if not os.path.isdir(path):
     raise InputError(f"source.path {path!r} is not a folder (kind=idx wants the folder "
                      f"holding <prefix>-images-idx3-ubyte[.gz] files)")
-  units = [("idx", split, *_idx_files(path, prefix)) for split, prefix in splits.items()]
+  units = [("idx", split, *_idx_files(path, prefix), limit)
+           for split, prefix in splits.items()]
   try:
     labels = sorted({int(v) for u in units for v in np.unique(_read_idx(u[3]))})
   except ValueError as e:
@@ -178,7 +180,7 @@ def _plan_idx(path: str, splits: dict[str, str]) -> InputPlan:
   return InputPlan(units, [str(v) for v in labels], {}, splits, 0)
 
 
-def _plan_tfds(name: str, data_dir: str, splits: dict[str, str]) -> InputPlan:
+def _plan_tfds(name: str, data_dir: str, splits: dict[str, str], limit: int) -> InputPlan:
   import tensorflow_datasets as tfds
   units, class_names = [], []
   for split, where in splits.items():
@@ -186,29 +188,35 @@ def _plan_tfds(name: str, data_dir: str, splits: dict[str, str]) -> InputPlan:
       source = tfds.data_source(name, split=where, data_dir=data_dir or None)
     except Exception as e:  # TFDS raises many types; name the dataset and split
       raise InputError(f"cannot open TFDS dataset {name!r} split {where!r}: {e}") from e
-    label = source.dataset_info.features.get("label") if hasattr(
-        source, "dataset_info") else None
-    class_names = list(getattr(label, "names", []) or class_names)
-    units += [("tfds", split, name, where, data_dir, start, min(start + TFDS_BLOCK,
-                                                                 len(source)))
-              for start in range(0, len(source), TFDS_BLOCK)]
+    class_names = _tfds_label_names(source) or class_names
+    n = min(len(source), limit) if limit else len(source)
+    units += [("tfds", split, name, where, data_dir, start, min(start + TFDS_BLOCK, n))
+              for start in range(0, n, TFDS_BLOCK)]
   return InputPlan(units, class_names, {}, splits, 0)
 
 
+def _tfds_label_names(source) -> list[str]:
+  features = getattr(getattr(source, "dataset_info", None), "features", None)
+  if features is None or "label" not in features:
+    return []
+  return list(getattr(features["label"], "names", None) or [])
+
+
 def plan_inputs(kind: str, path: str, splits: str, captions: str = "", tfds_name: str = "",
-                tfds_data_dir: str = "") -> InputPlan:
-  """Lists the read units of a source. Raises `InputError` naming what is missing."""
+                tfds_data_dir: str = "", limit: int = 0) -> InputPlan:
+  """Lists the read units of a source (at most ``limit`` examples per split when > 0).
+  Raises `InputError` naming what is missing."""
   split_map = parse_splits(splits)
   if not split_map:
     raise InputError("source.splits is empty")
   if kind == "folder":
-    return _plan_folder(path, split_map, captions)
+    return _plan_folder(path, split_map, captions, limit)
   if kind == "archive":
-    return _plan_archive(path, split_map, captions)
+    return _plan_archive(path, split_map, captions, limit)
   if kind == "idx":
-    return _plan_idx(path, split_map)
+    return _plan_idx(path, split_map, limit)
   if kind == "tfds":
-    return _plan_tfds(tfds_name, tfds_data_dir, split_map)
+    return _plan_tfds(tfds_name, tfds_data_dir, split_map, limit)
   raise InputError(f"unknown source kind {kind!r}")
 
 
@@ -234,26 +242,30 @@ def read_unit(unit: tuple, captions: dict[str, str]) -> Iterator[dict[str, Any]]
       return
     yield _example(split, rel, cls, caption, file, data=data)
   elif kind == "archive":
-    _, _, archive, where = unit
+    _, _, archive, where, limit = unit
+    count = 0
     with tarfile.open(archive, "r:*") as tar:
       for m in tar:
         rel = _split_rel(m.name, where) if m.isfile() else None
         if rel is None:
           continue
+        count += 1
+        if limit and count > limit:
+          break
         cls = _class_of(tuple(rel.split("/")))
         full = m.name.lstrip("./")
         yield _example(split, rel, cls, captions.get(full, ""), f"{archive}:{full}",
                        data=tar.extractfile(m).read())
   elif kind == "idx":
-    _, _, images, labels = unit
+    _, _, images, labels, limit = unit
     x, y = _read_idx(images), _read_idx(labels)
-    for i, (img, lbl) in enumerate(zip(x, y)):
+    for i, (img, lbl) in enumerate(zip(x[:limit or None], y[:limit or None])):
       yield _example(split, f"{i:06d}", str(int(lbl)), "", f"{images}[{i}]", pixels=img)
   elif kind == "tfds":
     import tensorflow_datasets as tfds
     _, _, name, where, data_dir, start, stop = unit
     source = tfds.data_source(name, split=where, data_dir=data_dir or None)
-    names = getattr(source.dataset_info.features.get("label"), "names", None)
+    names = _tfds_label_names(source)
     for i in range(start, stop):
       ex = source[i]
       label = ex.get("label")

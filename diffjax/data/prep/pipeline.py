@@ -178,7 +178,7 @@ def prepare(config, workdir: str) -> dict:
   spec = build_prep_spec(config)
   try:
     plan = plan_inputs(spec.kind, spec.path, spec.splits, spec.captions, spec.tfds_name,
-                       spec.tfds_data_dir)
+                       spec.tfds_data_dir, spec.limit)
   except InputError as e:
     raise ConfigError(f"config.source: {e}") from e
   previous = check_output_dir(workdir, spec)

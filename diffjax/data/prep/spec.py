@@ -31,6 +31,7 @@ class PrepSpec:
   splits: str
   captions: str
   labels: bool
+  limit: int
   tfds_name: str
   tfds_data_dir: str
   max_side: int
@@ -102,6 +103,7 @@ def build_prep_spec(config) -> PrepSpec:
   if s.captions and s.captions != "sidecar":
     ck.require(os.path.isfile(s.captions), "source.captions",
                f"manifest {s.captions!r} does not exist (or use '' / 'sidecar')")
+  ck.positive_int(s.limit, "source.limit", minimum=0)
   ck.positive_int(v.max_side, "validate.max_side")
   ck.positive_int(v.max_pixels, "validate.max_pixels")
   ck.positive_int(f.min_side, "filters.min_side", minimum=0)
@@ -148,7 +150,8 @@ def build_prep_spec(config) -> PrepSpec:
   return PrepSpec(
       dataset=config.dataset, licence=config.licence, description=config.description,
       kind=s.kind, path=s.path, splits=s.splits, captions=s.captions, labels=bool(s.labels),
-      tfds_name=s.tfds_name, tfds_data_dir=s.tfds_data_dir, max_side=v.max_side,
+      limit=s.limit, tfds_name=s.tfds_name, tfds_data_dir=s.tfds_data_dir,
+      max_side=v.max_side,
       max_pixels=v.max_pixels, min_side=f.min_side, min_aspect=float(f.min_aspect),
       max_aspect=float(f.max_aspect), min_sharpness=float(f.min_sharpness),
       min_contrast=float(f.min_contrast), outlier_z=float(f.outlier_z),
