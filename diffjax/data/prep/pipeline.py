@@ -144,6 +144,10 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
       spec.grid_size, key=lambda s: -st.grid_key(s["id"]))
        | "GridImages" >> beam.Map(lambda xs: [(s["id"], s["label"], s["image"]) for s in xs]),
        "grid.pkl", st.write_pickle)
+  save(encoded.kept | "WithFaces" >> beam.Filter(lambda s: s["faces"] > 0)
+       | "FacePick" >> beam.combiners.Top.Of(spec.grid_size, key=lambda s: -st.grid_key(s["id"]))
+       | "FaceImages" >> beam.Map(lambda xs: [(s["id"], s["label"], s["image"]) for s in xs]),
+       "faces.pkl", st.write_pickle)
   all_rejected = (rejected | "AllRejected" >> beam.Flatten()
                   | "Quarantine" >> beam.ParDo(st.Quarantine(out_dir)))
   save(all_rejected | "RejectPick" >> beam.Map(lambda r: (r["reason"], r))

@@ -124,6 +124,9 @@ def assemble(spec, plan, out: pathlib.Path, work: pathlib.Path, metrics: dict, w
   grid = _examples_grid(load_work(work, "grid.pkl"))
   if grid is not None:
     grids["examples"] = save_png(out / "examples.png", grid).name
+  fgrid = _examples_grid(load_work(work, "faces.pkl"))
+  if fgrid is not None:
+    grids["faces"] = save_png(out / "faces.png", fgrid).name
   rgrid = rejected_grid(load_work(work, "rejected_grid.pkl"))
   if rgrid is not None:
     grids["rejected"] = save_png(out / "rejected.png", rgrid).name
@@ -150,6 +153,10 @@ def assemble(spec, plan, out: pathlib.Path, work: pathlib.Path, metrics: dict, w
           "faces": spec.faces, "face_detector": os.path.basename(spec.face_model)
           if spec.faces != "none" else None,
           "images_with_faces": meta.get("images_with_faces", 0),
+          "images_with_faces_by_class": {
+              (names[int(k)] if 0 <= int(k) < len(names) else "unlabelled"): v
+              for k, v in sorted(summary.get("face_classes", {}).items(),
+                                 key=lambda kv: -kv[1])},
           "faces_anonymised": meta.get("faces", 0) if spec.faces != "none" else 0,
           "metadata_removed_from": {"exif": meta.get("had_exif", 0),
                                     "gps": meta.get("had_gps", 0),
@@ -234,7 +241,8 @@ def data_card(m: dict) -> str:
                    ["pixels", "images"]), "",
             "## Privacy", "",
             f"- Faces: detector `{p['face_detector']}`, mode **{p['faces']}**; "
-            f"{p['faces_anonymised']} faces anonymised in {p['images_with_faces']} images.",
+            f"{p['faces_anonymised']} faces anonymised in {p['images_with_faces']} images "
+            f"(by class: {p['images_with_faces_by_class']}).",
             f"- Metadata: every output image is re-encoded from pixels (PNG), so no EXIF, GPS "
             f"or XMP survives; inputs that carried EXIF: {p['metadata_removed_from']['exif']},"
             f" GPS: {p['metadata_removed_from']['gps']}, XMP: "
@@ -249,6 +257,9 @@ def data_card(m: dict) -> str:
     lines += ["## Examples", ""]
     if "examples" in m["grids"]:
       lines += ["Kept (deterministic random pick):", "", "![examples](examples.png)", ""]
+    if "faces" in m["grids"]:
+      lines += ["Images in which faces were found, as written (anonymised):", "",
+                "![faces](faces.png)", ""]
     if "rejected" in m["grids"]:
       lines += ["Dropped, a row per reason (crossed tiles could not be decoded):", "",
                 "![rejected](rejected.png)", ""]
@@ -260,7 +271,9 @@ def data_card(m: dict) -> str:
             f"images/s end to end.", "",
             _table([[s, v["calls"], v["cpu_s"], v["per_s_one_worker"]]
                     for s, v in t["stages"].items()],
-                   ["stage", "calls", "busy s (all workers)", "per s, one worker"]), "",
+                   ["stage", "calls", "busy s (all workers)", "calls/s, one worker"]), "",
+            "(`read` calls are input units and `write` calls are shards; the other stages "
+            "take one image per call.)", "",
             "## Changes since the previous run", "",
             f"Shards written: {m['changes']['shards_written']}, unchanged (skipped): "
             f"{m['changes']['shards_unchanged']}."]

@@ -385,7 +385,8 @@ class SummaryFn(beam.CombineFn):
 
   def create_accumulator(self):
     return {"count": Counter(), "classes": Counter(), "sizes": Counter(), "meta": Counter(),
-            "pii": Counter(), "sum": {}, "sumsq": {}, "pixels": Counter()}
+            "pii": Counter(), "sum": {}, "sumsq": {}, "pixels": Counter(),
+            "face_classes": Counter()}
 
   def add_input(self, acc, s):
     split = s["split"]
@@ -396,6 +397,8 @@ class SummaryFn(beam.CombineFn):
       acc["meta"][k] += int(bool(s[k]))
     acc["meta"]["faces"] += s["faces"]
     acc["meta"]["images_with_faces"] += int(s["faces"] > 0)
+    if s["faces"]:
+      acc["face_classes"][s["label"]] += 1
     acc["pii"].update(s["pii"])
     x = s["image"].astype(np.float64).reshape(-1, s["image"].shape[-1]) / 255.0
     acc["sum"][split] = acc["sum"].get(split, 0) + x.sum(0)
@@ -406,7 +409,7 @@ class SummaryFn(beam.CombineFn):
   def merge_accumulators(self, accs):
     out = self.create_accumulator()
     for a in accs:
-      for k in ("count", "classes", "sizes", "meta", "pii", "pixels"):
+      for k in ("count", "classes", "sizes", "meta", "pii", "pixels", "face_classes"):
         out[k].update(a[k])
       for k in ("sum", "sumsq"):
         for split, v in a[k].items():
@@ -422,6 +425,7 @@ class SummaryFn(beam.CombineFn):
                          "std": [round(float(s), 5) for s in std]}
     return {"count": dict(acc["count"]), "classes": dict(acc["classes"]),
             "sizes": dict(acc["sizes"]), "meta": dict(acc["meta"]), "pii": dict(acc["pii"]),
+            "face_classes": {str(k): v for k, v in acc["face_classes"].items()},
             "channels": channels}
 
 
