@@ -142,7 +142,7 @@ def test_invalid_files_are_quarantined(planted):
 def test_faces_blurred_at_planted_boxes(planted):
   truth, out, manifest, _, _ = planted
   full = read_shards(out / "64px")
-  detector = privacy.FaceDetector(str(FACE_MODEL), 0.8, 128)
+  detector = _default_detector()
   found = 0
   for ident, (x, y, w, h) in truth.faces.items():
     original = checks.decode_validated((pathlib.Path(truth.root) / ident).read_bytes(),
@@ -168,6 +168,11 @@ def test_faces_blurred_at_planted_boxes(planted):
   assert manifest["privacy"]["images_with_faces"] >= len(truth.faces)
 
 
+def _default_detector():
+  p = prep_base.get_prep_config().privacy
+  return privacy.FaceDetector(str(FACE_MODEL), p.face_score, p.face_min_side)
+
+
 def _iou(a, b):
   ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
   iw = max(0, min(ax1, bx1) - max(a[0], b[0]))
@@ -184,7 +189,7 @@ def _crop_resize(image, size):
 @needs_assets
 def test_orl_face_detection_recall_and_blur():
   faces = np.load(ASSETS / "faces" / "orl_faces_400x112x92.npz")["images"][..., None]
-  detector = privacy.FaceDetector(str(FACE_MODEL), 0.8, 128)
+  detector = _default_detector()
   boxes = [detector.detect(f) for f in faces]
   recall = np.mean([bool(b) for b in boxes])
   assert recall >= 0.99, recall

@@ -60,8 +60,8 @@ def main():
 
   rerun_start = time.time()
   run([sys.executable, "launch.py", "--mode=prep", "--config=configs/prep_cifar10.py",
-               f"--workdir={data}", f"--config.source.path={args.archive}",
-               f"--config.runner.num_workers={args.workers}"])
+       f"--workdir={data}", f"--config.source.path={args.archive}",
+       f"--config.runner.num_workers={args.workers}"])
   rerun_wall = time.time() - rerun_start
   again = json.loads((data / "manifest.json").read_text())
 
@@ -69,11 +69,11 @@ def main():
   shutil.rmtree(workdir, ignore_errors=True)
   train_start = time.time()
   run([sys.executable, "launch.py", "--config=configs/cifar10_ddpm.py:tiny",
-             f"--workdir={workdir}", "--config.data.source=array_record",
-             f"--config.data.path={data}/32px/train-*", f"--config.train.num_steps="
-             f"{args.train_steps}", "--config.logging.log_every=25",
-             "--config.optim.warmup_steps=10", "--config.optim.lr=1e-3",
-             "--config.sample.at_end=False"])
+       f"--workdir={workdir}", "--config.data.source=array_record",
+       f"--config.data.path={data}/32px/train-*", f"--config.train.num_steps="
+       f"{args.train_steps}", "--config.logging.log_every=25",
+       "--config.optim.warmup_steps=10", "--config.optim.lr=1e-3",
+       "--config.sample.at_end=False"])
   train_wall = time.time() - train_start
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
