@@ -24,7 +24,8 @@ from diffjax.spec import ConfigError
 
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, samples (resumes if present)")
+flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, samples (resumes if present); "
+                    "with --mode prep, the prepared dataset's folder")
 flags.DEFINE_enum("mode", "train",
                   ["train", "sample", "eval", "ref_stats", "estimate", "prep"], "job to run")
 flags.DEFINE_bool("sweep", False, "run every point of the config file's get_sweep()")
@@ -34,6 +35,9 @@ flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (other clusters)")
 flags.DEFINE_integer("num_processes", None, "number of processes (other clusters)")
 flags.DEFINE_integer("process_id", None, "this process's index (other clusters)")
+flags.DEFINE_string("compile_cache", "auto",
+                    "persistent XLA compilation cache folder ('auto': $JAX_COMPILATION_CACHE_DIR "
+                    "or ~/.cache/diffjax/jax; empty: off)")
 flags.DEFINE_bool("split_cpu", True, "on a CPU-only host, one XLA device per core (faster)")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -61,6 +65,7 @@ def main(argv):
       jobs.split_cpu(config.data.batch_size)
     jobs.start_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
+    jobs.enable_compile_cache(jobs.compile_cache_dir(FLAGS.compile_cache))
     jobs.run(FLAGS.mode, config, FLAGS.workdir)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.random_flip = False
   c.data.batch_size = 128  # global, over all processes and devices
   c.data.num_workers = 0  # Grain worker processes per host (0 = in the main process)
+  c.data.prefetch = 1  # batches sent to the devices ahead of the step that uses them
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet-digits"  # a variant name from diffjax.models

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 
 def _train(config, workdir):
@@ -47,6 +48,23 @@ def run(mode: str, config, workdir: str):
     raise ConfigError(f"{config.dataset!r} is a data preparation config: run it with "
                       f"--mode prep")
   return JOBS[mode](config, workdir)
+
+
+def compile_cache_dir(flag: str, environ=None) -> str | None:
+  """Where compiled XLA programs persist between runs: ``--compile_cache=PATH`` wins, then
+  ``$JAX_COMPILATION_CACHE_DIR``, then ``~/.cache/diffjax/jax``; ``--compile_cache=`` (empty)
+  turns it off. Any path JAX can write works, including ``gs://`` for a TPU pod."""
+  environ = os.environ if environ is None else environ
+  if flag != "auto":
+    return flag or None
+  return environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "diffjax", "jax")
+
+
+def enable_compile_cache(path: str | None) -> None:
+  if path:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", path)
 
 
 def start_distributed(mode, coordinator_address, num_processes, process_id) -> bool:

@@ -39,6 +39,7 @@ class DataSpec:
   random_flip: bool
   batch_size: int
   num_workers: int
+  prefetch: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,12 +239,13 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
   ck.require(d.channels in (1, 3), "data.channels", f"must be 1 or 3, got {d.channels!r}")
   ck.positive_int(d.num_classes, "data.num_classes", minimum=0)
   ck.positive_int(d.num_workers, "data.num_workers", minimum=0)
+  ck.positive_int(d.get("prefetch", 1), "data.prefetch", minimum=0)
   if ck.positive_int(d.batch_size, "data.batch_size"):
     ck.require(d.batch_size % num_processes == 0, "data.batch_size",
                f"{d.batch_size} is not divisible by the {num_processes} processes")
   data = DataSpec(d.source, d.name, d.split, d.data_dir, d.path, d.image_key, d.label_key,
                   d.image_size, d.channels, d.num_classes, bool(d.random_flip), d.batch_size,
-                  d.num_workers)
+                  d.num_workers, d.get("prefetch", 1))
 
   m = config.model
   ck.one_of(m.dtype, DTYPES, "model.dtype")

@@ -24,6 +24,7 @@ from diffjax.faults import DataError, NumericalAbort, Preempted, PreemptionWatch
 from diffjax.generate import Generator, grid_labels
 from diffjax.spec import ConfigError, ExperimentSpec, build_spec, mesh_size
 from diffjax.training import Checkpointer, MetricsWriter, Progress, parameter_count
+from diffjax.training.feeder import DeviceFeeder
 from diffjax.training.setup import image_shape, jit_train_step, setup_state
 
 _AVERAGED = ("loss", "grad_norm")  # metrics averaged over a log interval; others: last value
@@ -107,9 +108,17 @@ def compile_step(setup, spec: ExperimentSpec, mesh):
   return compiled
 
 
-def _next_batch(iterator, step: int):
+def _next_batch(feeder: DeviceFeeder, step: int):
+  return _data_call(feeder.next, step)
+
+
+def _fill(feeder: DeviceFeeder, step: int) -> None:
+  _data_call(feeder.fill, step)
+
+
+def _data_call(fn, step: int):
   try:
-    return next(iterator)
+    return fn()
   except RunFault:
     raise
   except Exception as e:  # a worker's error arrives as whatever grain wraps it in
@@ -168,6 +177,12 @@ def train(config, workdir: str) -> dict:
       iterator = data_iterator(spec, source, start_batch=restored_step)
 
   batch_sharding = parallel.batch_sharding(mesh)
+
+  def to_devices(local):
+    return (int(np.sum(local.pop("bad_records", 0))),
+            parallel.global_batch(local, batch_sharding))
+
+  feeder = DeviceFeeder(iterator, to_devices, spec.data.prefetch)
   step_fn = compile_step(setup, spec, mesh)
   generate = make_sample_generator(setup, spec, mesh)
   evaluator = None
@@ -184,10 +199,12 @@ def train(config, workdir: str) -> dict:
 
   try:
     while step < total:
-      local = _next_batch(iterator, step)
-      bad_records += int(np.sum(local.pop("bad_records", 0)))
-      state, metrics = step_fn(state, parallel.global_batch(local, batch_sharding))
+      bad, batch = _next_batch(feeder, step)
+      bad_records += bad
+      state, metrics = step_fn(state, batch)
       step += 1
+      if step < total:  # the host prepares the next batches while the devices compute
+        _fill(feeder, step)
       # Sum metrics on device; read them back only at log steps.
       averaged = {k: metrics[k] for k in _AVERAGED}
       sums = averaged if sums is None else jax.tree.map(jnp.add, sums, averaged)
@@ -209,12 +226,12 @@ def train(config, workdir: str) -> dict:
         last.update(run_periodic_eval(evaluator, generate, state.ema_params, spec, step))
         writer.write(step, last)
       if watcher.should_stop(step):
-        ckpt.save(step, state, iterator, force=True)
+        ckpt.save(step, state, feeder, force=True)
         ckpt.wait()
         raise Preempted(f"{watcher.signal_name} received: saved the checkpoint of step {step} "
                         f"in {ckpt.directory}; launch again with the same --workdir to resume")
       if step % spec.checkpoint.every_steps == 0 or step == total:
-        ckpt.save(step, state, iterator, metrics=last or None)
+        ckpt.save(step, state, feeder, metrics=last or None)
     ckpt.wait()
     if spec.sample.at_end:
       write_sample_grid(generate, state.ema_params, spec,

@@ -47,3 +47,11 @@ def test_every_problem_is_listed_at_once():
   text = str(err.value)
   assert "config.optim.lr" in text and "config.train.ema_decay" in text
   assert "config.sample.num_steps" in text
+
+
+def test_compile_cache_location():
+  from diffjax.jobs import compile_cache_dir
+  assert compile_cache_dir("/x/cache", {"JAX_COMPILATION_CACHE_DIR": "/env"}) == "/x/cache"
+  assert compile_cache_dir("auto", {"JAX_COMPILATION_CACHE_DIR": "/env"}) == "/env"
+  assert compile_cache_dir("auto", {}).endswith("/.cache/diffjax/jax")
+  assert compile_cache_dir("", {"JAX_COMPILATION_CACHE_DIR": "/env"}) is None

@@ -205,3 +205,26 @@ def test_records_round_trip_fields():
   rec = records.decode_record(records.encode_record(records.encode_png(img), 4, id="x/1"))
   np.testing.assert_array_equal(rec["image"], img)
   assert rec["label"] == 4 and rec["id"] == "x/1"
+
+
+def test_device_feeder_state_is_before_the_batches_it_holds():
+  """A checkpoint taken while batches are prefetched resumes at the first unconsumed one."""
+  from diffjax.data import PipelineOptions, digits_source, make_dataset
+  from diffjax.training.feeder import DeviceFeeder
+  options = PipelineOptions(image_size=8, channels=1, random_flip=True, batch_size=4, seed=3)
+  plain = iter(make_dataset(digits_source("train"), options))
+  expected = [next(plain)["label"] for _ in range(6)]
+  feeder = DeviceFeeder(iter(make_dataset(digits_source("train"), options)),
+                        lambda b: b["label"], depth=2)
+  got = [feeder.next(), feeder.next()]
+  feeder.fill()  # holds batches 2 and 3 now
+  saved = feeder.get_state()
+  got.append(feeder.next())
+  resumed = DeviceFeeder(iter(make_dataset(digits_source("train"), options)),
+                         lambda b: b["label"], depth=1)
+  resumed.set_state(saved)
+  got += [resumed.next(), resumed.next(), resumed.next()]
+  for a, b in zip(got[:3], expected[:3]):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(got[3:], expected[2:5]):  # resumes at batch 2, the first not consumed
+    np.testing.assert_array_equal(a, b)

@@ -262,6 +262,12 @@ def test_rerun_is_idempotent_and_reports_changes(planted, tmp_path):
   assert again["changes"]["shards_written"] == 0
   assert again["changes"]["shards_unchanged"] == len(first["shards"])
   assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in first["shards"]]
+  # A run that died before writing one shard: only that shard is written by the next run.
+  lost = copy / first["shards"][0]["file"]
+  lost.unlink()
+  resumed = prepare(config, str(copy))
+  assert resumed["changes"]["shards_written"] == 1
+  assert _sha256(lost) == first["shards"][0]["sha256"]
   # One new image: only the shard it lands in is rewritten, and the report says so.
   extra = pathlib.Path(truth.root) / "train" / "cat" / "new.png"
   Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), np.uint8)).save(extra)
@@ -442,3 +448,21 @@ def test_tfds_source_with_mock_data(tmp_path):
   recs = read_shards(tmp_path / "out" / "32px")
   assert len(recs) == m["counts"]["kept_total"] and all(0 <= r["label"] < 10
                                                         for r in recs.values())
+
+
+def test_captions_from_a_csv_manifest(tmp_path):
+  folder = tmp_path / "images" / "train" / "cat"
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(folder / f"{i}.png")
+  manifest = tmp_path / "captions.csv"
+  manifest.write_text('file,caption\ntrain/cat/0.png,"a cat, mail me at a.b@example.org"\n'
+                      "train/cat/1.png,a plain cat\n")
+  m = prepare(_small_config("folder", tmp_path / "images", "train",
+                            source__captions=str(manifest)), str(tmp_path / "out"))
+  recs = read_shards(tmp_path / "out" / "32px")
+  assert recs["train/cat/0.png"]["caption"] == "a cat, mail me at [EMAIL]"
+  assert recs["train/cat/1.png"]["caption"] == "a plain cat"
+  assert "caption" not in recs["train/cat/2.png"]
+  assert m["privacy"]["caption_pii_replaced"] == {"email": 1} and m["privacy"]["captions"] == 2
