@@ -243,6 +243,7 @@ def train(config, workdir: str) -> dict:
       ckpt.close()
     finally:
       writer.close()
+      feeder.close()
   summary = {"step": step, "metrics": last, "seconds": time.time() - start_time,
              "checkpoints": checkpoints, "workdir": str(workdir)}
   log(f"finished at step {step} in {summary['seconds']:.0f}s; outputs in {workdir}")

@@ -82,9 +82,18 @@ def _start(args, quiet: bool = False):
 def sigterm_at(workdir, at_step: int, second_signal: bool = False) -> dict:
   """SIGTERM once the run has logged ``at_step`` (and optionally again right away while it
   saves); relaunch to completion. Returns what happened."""
+  result = interrupt(workdir, at_step, second_signal)
+  resume = launch(*base_args(workdir))
+  result["resumed_from"] = resumed_from(resume.stdout)
+  return result
+
+
+def interrupt(workdir, at_step: int, second_signal: bool = False) -> dict:
+  """Starts (or resumes) the run and SIGTERMs it once it has logged ``at_step``."""
   proc = _start(base_args(workdir))
-  logged = 0
+  logged, seen = 0, []
   for line in proc.stdout:
+    seen.append(line)
     m = re.match(r"step (\d+)/", line)
     if m:
       logged = int(m.group(1))
@@ -101,8 +110,7 @@ def sigterm_at(workdir, at_step: int, second_signal: bool = False) -> dict:
             "saved_step": max(saved) if saved else 0, "stderr": err[-2000:]}
   # Steps lost = progress beyond the newest checkpoint (0 when the preempted save happened).
   result["steps_lost"] = max(0, logged - result["saved_step"])
-  resume = launch(*base_args(workdir))
-  result["resumed_from"] = _resumed_from(resume.stdout)
+  result["resumed_from_at_start"] = resumed_from("".join(seen) + out)
   return result
 
 
@@ -126,7 +134,7 @@ def sigkill_mid_save(workdir, nth_save: int) -> dict:
   resume = launch(*base_args(workdir))
   return {"killed_during_save": killed_during_save, "partial_folder_left": partial_left,
           "reported_incomplete": "incomplete checkpoint folder" in resume.stderr,
-          "resumed_from": _resumed_from(resume.stdout)}
+          "resumed_from": resumed_from(resume.stdout)}
 
 
 def sigkill_after(workdir, seconds: float) -> dict:
@@ -138,7 +146,7 @@ def sigkill_after(workdir, seconds: float) -> dict:
     proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=120)
   resume = launch(*base_args(workdir))
-  return {"resumed_from": _resumed_from(resume.stdout)}
+  return {"resumed_from": resumed_from(resume.stdout)}
 
 
 def two_process_sigterm(workdir, at_step: int, port: int, steps: int = 16) -> dict:
@@ -168,7 +176,7 @@ def two_process_sigterm(workdir, at_step: int, port: int, steps: int = 16) -> di
   procs = [start(0, subprocess.PIPE), start(1, subprocess.DEVNULL)]
   outs = [p.communicate(timeout=300) for p in procs]
   result["resume_exit_codes"] = [p.returncode for p in procs]
-  result["resumed_from"] = _resumed_from(outs[0][0])
+  result["resumed_from"] = resumed_from(outs[0][0])
   return result
 
 
@@ -188,7 +196,7 @@ def damage_latest(workdir, mode: str) -> dict:
     victim.write_bytes(raw[:mid] + bytes([raw[mid] ^ 0xFF]) + raw[mid + 1:])
   resume = launch(*base_args(workdir))
   return {"damaged_step": latest, "warned": "is damaged" in resume.stderr,
-          "resumed_from": _resumed_from(resume.stdout)}
+          "resumed_from": resumed_from(resume.stdout)}
 
 
 def bad_records(root) -> dict:
@@ -215,7 +223,7 @@ def bad_records(root) -> dict:
           "stderr": stop.stderr[-2000:]}
 
 
-def _resumed_from(stdout: str) -> int | None:
+def resumed_from(stdout: str) -> int | None:
   m = re.search(r"resumed from checkpoint at step (\d+)", stdout)
   return int(m.group(1)) if m else None
 

@@ -25,12 +25,18 @@ def reference(tmp_path_factory):
   return fi.reference_run(tmp_path_factory.mktemp("reference") / "run")
 
 
-@pytest.mark.parametrize("at_step,second", [(7, False), (15, True)])
-def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, reference, at_step, second):
-  result = fi.sigterm_at(tmp_path / "run", at_step, second_signal=second)
-  assert result["exit_code"] == fi.EXIT_PREEMPTED, result["stderr"]
-  assert "saved the checkpoint of step" in result["stderr"]
-  assert result["steps_lost"] == 0 and result["resumed_from"] == result["saved_step"]
+def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, reference):
+  """Preempted twice (the second time with a doubled signal while it saves), resumed each
+  time from the step it stopped at, and the end state equals an uninterrupted run's."""
+  first = fi.interrupt(tmp_path / "run", 7)
+  second = fi.interrupt(tmp_path / "run", 15, second_signal=True)
+  for result in (first, second):
+    assert result["exit_code"] == fi.EXIT_PREEMPTED, result["stderr"]
+    assert "saved the checkpoint of step" in result["stderr"]
+    assert result["steps_lost"] == 0
+  assert second["resumed_from_at_start"] == first["saved_step"]
+  resume = launch(*fi.base_args(tmp_path / "run"))
+  assert fi.resumed_from(resume.stdout) == second["saved_step"]
   assert fi.identical(fi.final_arrays(tmp_path / "run"), reference)
 
 

@@ -51,3 +51,10 @@ class DeviceFeeder:
 
   def start_prefetch(self) -> None:
     pass
+
+  def close(self) -> None:
+    """Stops the wrapped iterator's worker processes (if it has any)."""
+    self._held.clear()
+    close = getattr(self._it, "close", None)
+    if close is not None:
+      close()
