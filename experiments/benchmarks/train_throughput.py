@@ -43,6 +43,9 @@ flags.DEFINE_string("dtype", "", "compute dtype override: float32 | bfloat16")
 flags.DEFINE_float("peak_tflops", 0.0, "device peak (dense, at the dtype) for MFU; 0: by kind")
 flags.DEFINE_bool("torch", True, "also time the same network in PyTorch where one exists")
 flags.DEFINE_list("scaling", [], "device counts for weak scaling of the first config")
+flags.DEFINE_string("attention", "", "DiT attention implementation for jax.nn.dot_product_attention "
+                    "(xla | cudnn; empty: JAX's default). MFU always counts the XLA version's "
+                    "FLOPs, since XLA's cost analysis cannot see inside a cuDNN call")
 FLAGS = flags.FLAGS
 
 # Batch per config on a 2-core CPU (None keeps the config's own batch).
@@ -59,10 +62,19 @@ def get_config(name: str):
   if name in ("dit_b2_latent", "dit_xl2_latent"):
     c = importlib.import_module("configs.imagenet64_dit").get_config()
     c.model.name = "DiT-B/2" if name == "dit_b2_latent" else "DiT-XL/2"
-    c.data.image_size, c.data.channels, c.data.num_classes = 32, 4, 1000
+    # Validated as 3 channels (no latent data source exists yet); `latent_spec` makes it 4.
+    c.data.image_size, c.data.channels, c.data.num_classes = 32, 3, 1000
     return c
   module, _, arg = name.partition(":")
   return importlib.import_module(f"configs.{module}").get_config(arg or None)
+
+
+def latent_spec(name: str, spec):
+  """DiT configs run on 32x32x4 latents (ImageNet-256 through SD's VAE)."""
+  import dataclasses
+  if name.startswith("dit_"):
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, channels=4))
+  return spec
 
 
 def peak_tflops(device_kind: str) -> float:
@@ -88,9 +100,13 @@ class OurStep:
       config.data.batch_size = batch
     if FLAGS.dtype:
       config.model.dtype = FLAGS.dtype
+    is_dit = config.model.name.startswith("DiT")
+    if FLAGS.attention and is_dit:
+      config.model.kwargs.attention_implementation = FLAGS.attention
     devices = devices or jax.devices()
-    spec = build_spec(config, num_devices=len(devices), check_network=False)
+    spec = latent_spec(name, build_spec(config, num_devices=len(devices), check_network=False))
     self.spec = spec
+    self.name = name
     self.mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
     setup = setup_state(spec, self.mesh)
     self.setup = setup
@@ -102,16 +118,36 @@ class OurStep:
     self.batch = parallel.global_batch(self.batch_np, parallel.batch_sharding(self.mesh))
     self.state = setup.init(jax.random.PRNGKey(0))
     t0 = time.perf_counter()
-    compiled = self.fn.lower(self.state, self.batch).compile()
+    lowered = self.fn.lower(self.state, self.batch)
+    compiled = lowered.compile()
     self.compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
+    # FLOPs of the program as written (before backend rewrites: on GPU, XLA turns convolutions
+    # into cuDNN calls that its compiled-module cost analysis does not count).
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     self.flops_per_step = float(cost.get("flops", 0.0)) * len(devices)  # per-device program
+    if is_dit and FLAGS.attention not in ("", "xla"):
+      self.flops_per_step = self._xla_attention_flops(config, devices)
     memory = compiled.memory_analysis()
     self.memory_mb = (None if memory is None else round(
         (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20, 1))
     self.params_m = parameter_count(self.state.params) / 1e6
     self.run(2)  # warm-up
+
+  def _xla_attention_flops(self, config, devices) -> float:
+    """FLOPs of the same step with XLA attention (lowered only: no compile)."""
+    from diffjax import parallel
+    from diffjax.spec import build_spec
+    from diffjax.training.setup import jit_train_step, setup_state
+    config = config.copy_and_resolve_references()
+    config.model.kwargs.attention_implementation = "xla"
+    spec = latent_spec(self.name, build_spec(config, num_devices=len(devices),
+                                             check_network=False))
+    setup = setup_state(spec, self.mesh)
+    lowered = jit_train_step(setup, spec, self.mesh).lower(setup.abstract, self.batch)
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) * len(devices)
 
   def run(self, steps: int) -> float:
     import jax
@@ -212,8 +248,11 @@ def make_torch(our: OurStep):
 
 
 def measure(name: str) -> dict:
+  """One config's row; ``name@B`` sets the batch for this config only."""
   import jax
-  batch = FLAGS.batch or (CPU_BATCH.get(name) if jax.default_backend() == "cpu" else None)
+  name, _, at_batch = name.partition("@")
+  batch = (int(at_batch) if at_batch else FLAGS.batch) or (
+      CPU_BATCH.get(name) if jax.default_backend() == "cpu" else None)
   ours = OurStep(name, batch)
   twin, why_not = make_torch(ours)
   our_times, torch_times = [], []
@@ -250,6 +289,7 @@ def measure(name: str) -> dict:
 
 def weak_scaling(name: str, counts) -> list[dict]:
   """Same per-device batch on 1, 2, 4, ... devices; efficiency = rate_n / (n * rate_1)."""
+  name = name.partition("@")[0]
   import jax
   per_device = FLAGS.batch or CPU_BATCH.get(name) or get_config(name).data.batch_size
   per_device = max(1, per_device // jax.device_count())
@@ -272,7 +312,10 @@ def main(argv):
   import jax
   rows = []
   for name in FLAGS.configs:
-    row = measure(name)
+    try:
+      row = measure(name)
+    except Exception as e:  # one config failing (memory, a kernel) must not lose the others
+      row = {"config": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     print(json.dumps(row), flush=True)
     rows.append(row)
   scaling = weak_scaling(FLAGS.configs[0], [int(n) for n in FLAGS.scaling]) if FLAGS.scaling else []
@@ -284,7 +327,7 @@ def main(argv):
   (out / f"results_{backend}.json").write_text(json.dumps(meta, indent=1))
   cols = ["config", "model", "params_M", "image", "batch", "dtype", "devices", "step_ms",
           "images_per_s", "torch_images_per_s", "speedup_vs_torch", "mfu",
-          "sample_images_per_s", "memory_mb_per_device", "compile_s"]
+          "sample_images_per_s", "memory_mb_per_device", "compile_s", "error"]
   lines = [f"Train-step throughput on {device} ({backend}, {os.cpu_count()} cores, jax "
            f"{jax.__version__}); PyTorch = diffusers' twin network, same batch, same run", "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue 6 in one command, on a machine with one NVIDIA GPU:
+#   bash experiments/benchmarks/gpu.sh [cudnn|xla] [configs]
+# Train-step images/s, MFU (XLA cost analysis / the chip's peak) and diffjax-vs-PyTorch
+# (diffusers' twin networks, same batch, same run) for the DDPM CIFAR-10 UNet and DiT-B/2 and
+# DiT-XL/2 on ImageNet-256 latent shapes, all in bf16. Writes
+# experiments/benchmarks/results_gpu.{md,json} (and copies them to $OUT when set).
+# Without internet, carry the Python packages the GPU image lacks as wheels in .whl/
+# (see experiments/benchmarks/README in the README's Benchmarks section).
+set -euo pipefail
+attention=${1:-cudnn}
+configs=${2:-cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@128}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
+python3 experiments/benchmarks/train_throughput.py --configs "$configs" --dtype bfloat16 \
+  --attention "$attention" --steps 10 --windows 3
+if [ -n "${OUT:-}" ]; then
+  for f in experiments/benchmarks/results_gpu.md experiments/benchmarks/results_gpu.json; do
+    cp "$f" "$OUT/$(basename "${f%.*}")_${attention}.${f##*.}"
+  done
+fi
