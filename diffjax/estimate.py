@@ -32,6 +32,23 @@ PEAK_TFLOPS = {"h100": 790.0, "h200": 790.0, "a100": 312.0, "tpu-v4": 275.0, "tp
 _FLOPS_BATCH = 8  # images per compiled probe program (FLOPs scale linearly with batch)
 
 
+def train_step_flops(spec) -> float:
+  """FLOPs of one train step over ``spec``'s whole batch, from XLA's cost analysis of the
+  program as written, lowered for one CPU device. The count is the same whatever the target:
+  a GPU-compiled module's cost analysis leaves out the convolutions and attention that GPU
+  backends hand to cuDNN. (Use XLA attention in ``spec``: a cuDNN call has no CPU lowering.)"""
+  cpu = jax.devices("cpu")[:1]
+  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, cpu)
+  setup = setup_state(spec, mesh, parallel.DATA_PARALLEL_RULES)
+  s, c, b = spec.data.image_size, spec.data.channels, spec.data.batch_size
+  sharding = parallel.batch_sharding(mesh)
+  batch = {"image": jax.ShapeDtypeStruct((b, s, s, c), np.float32, sharding=sharding),
+           "label": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding)}
+  cost = jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0))
+
+
 def _options(config) -> dict:
   e = config.estimate
   problems = []
@@ -81,13 +98,9 @@ def estimate(config, workdir: str | None = None) -> dict:
   abstract_batch = {"image": jax.ShapeDtypeStruct((probe_batch, s, s, c), np.float32,
                                                   sharding=sharding),
                     "label": jax.ShapeDtypeStruct((probe_batch,), np.int32, sharding=sharding)}
-  lowered = jit_train_step(setup, probe_spec, mesh).lower(setup.abstract, abstract_batch)
-  compiled = lowered.compile()
-  # FLOPs of the program as written: after compilation, GPU backends hide convolutions and
-  # fused attention in library calls that the compiled module's cost analysis does not count.
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops_per_image = float(cost.get("flops", 0.0)) / probe_batch
+  compiled = jit_train_step(setup, probe_spec, mesh).lower(setup.abstract,
+                                                           abstract_batch).compile()
+  flops_per_image = train_step_flops(probe_spec) / probe_batch
   memory = compiled.memory_analysis()
   activation_mb = None
   if memory is not None:

@@ -118,36 +118,25 @@ class OurStep:
     self.batch = parallel.global_batch(self.batch_np, parallel.batch_sharding(self.mesh))
     self.state = setup.init(jax.random.PRNGKey(0))
     t0 = time.perf_counter()
-    lowered = self.fn.lower(self.state, self.batch)
-    compiled = lowered.compile()
+    compiled = self.fn.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - t0
-    # FLOPs of the program as written (before backend rewrites: on GPU, XLA turns convolutions
-    # into cuDNN calls that its compiled-module cost analysis does not count).
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops_per_step = float(cost.get("flops", 0.0)) * len(devices)  # per-device program
-    if is_dit and FLAGS.attention not in ("", "xla"):
-      self.flops_per_step = self._xla_attention_flops(config, devices)
+    self.flops_per_step = self._model_flops(config, devices)
     memory = compiled.memory_analysis()
     self.memory_mb = (None if memory is None else round(
         (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20, 1))
     self.params_m = parameter_count(self.state.params) / 1e6
     self.run(2)  # warm-up
 
-  def _xla_attention_flops(self, config, devices) -> float:
-    """FLOPs of the same step with XLA attention (lowered only: no compile)."""
-    from diffjax import parallel
+  def _model_flops(self, config, devices) -> float:
+    """FLOPs of the step on the whole batch (backend-independent, see `train_step_flops`),
+    with XLA attention for DiTs: XLA cannot count FLOPs inside a cuDNN attention call."""
+    from diffjax.estimate import train_step_flops
     from diffjax.spec import build_spec
-    from diffjax.training.setup import jit_train_step, setup_state
     config = config.copy_and_resolve_references()
-    config.model.kwargs.attention_implementation = "xla"
-    spec = latent_spec(self.name, build_spec(config, num_devices=len(devices),
-                                             check_network=False))
-    setup = setup_state(spec, self.mesh)
-    lowered = jit_train_step(setup, spec, self.mesh).lower(setup.abstract, self.batch)
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", 0.0)) * len(devices)
+    if config.model.name.startswith("DiT"):
+      config.model.kwargs.attention_implementation = "xla"
+    return train_step_flops(latent_spec(self.name, build_spec(config, num_devices=1,
+                                                              check_network=False)))
 
   def run(self, steps: int) -> float:
     import jax
