@@ -16,6 +16,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONUNBUFFERED=1
+# JAX would otherwise take 75% of the GPU up front and leave PyTorch too little.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
 python3 experiments/benchmarks/train_throughput.py --configs "$configs" --dtype bfloat16 \
