@@ -234,6 +234,8 @@ def make_torch(our: OurStep):
     return None, f"not installed ({e.name})"
   except KeyError:
     return None, "no PyTorch twin for this network"
+  except Exception as e:  # e.g. out of memory beside JAX's buffers: keep diffjax's numbers
+    return None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
 
 
 def measure(name: str) -> dict:
