@@ -43,7 +43,7 @@ flags.DEFINE_string("dtype", "", "compute dtype override: float32 | bfloat16")
 flags.DEFINE_float("peak_tflops", 0.0, "device peak (dense, at the dtype) for MFU; 0: by kind")
 flags.DEFINE_bool("torch", True, "also time the same network in PyTorch where one exists")
 flags.DEFINE_list("scaling", [], "device counts for weak scaling of the first config")
-flags.DEFINE_string("attention", "", "DiT attention implementation for jax.nn.dot_product_attention "
+flags.DEFINE_string("attention", "", "DiT attention for jax.nn.dot_product_attention "
                     "(xla | cudnn; empty: JAX's default). MFU always counts the XLA version's "
                     "FLOPs, since XLA's cost analysis cannot see inside a cuDNN call")
 FLAGS = flags.FLAGS
