@@ -413,10 +413,11 @@ def test_exif_orientation_applied_and_dropped():
 
 
 def _small_config(kind, path, splits, **overrides):
-  c = planted_config(path, source__kind=kind, source__splits=splits, source__captions="",
-                     source__limit=40, runner__mode="in_memory", runner__num_workers=1,
-                     output__resolutions="32", output__num_shards=1, filters__min_side=8,
-                     filters__min_sharpness=0.0, privacy__faces="none", **overrides)
+  settings = {"source__kind": kind, "source__splits": splits, "source__captions": "",
+              "source__limit": 40, "runner__mode": "in_memory", "runner__num_workers": 1,
+              "output__resolutions": "32", "output__num_shards": 1, "filters__min_side": 8,
+              "filters__min_sharpness": 0.0, "privacy__faces": "none"}
+  c = planted_config(path, **{**settings, **overrides})
   c.source.kind = kind
   return c
 
