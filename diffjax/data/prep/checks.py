@@ -10,7 +10,6 @@ import hashlib
 import io
 import warnings
 
-
 import numpy as np
 from PIL import Image, ImageOps
 

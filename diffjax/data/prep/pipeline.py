@@ -11,11 +11,9 @@ options in ``runner.options``).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pathlib
-import pickle
 import shutil
 import time
 import traceback
@@ -228,19 +226,3 @@ def _run(spec: PrepSpec, plan, out: pathlib.Path, previous, beam) -> dict:
   shutil.rmtree(work, ignore_errors=True)
   print(report.summary_line(manifest), flush=True)
   return manifest
-
-
-def load_work(work: pathlib.Path, name: str):
-  path = work / name
-  if name.endswith(".pkl"):
-    with open(path, "rb") as f:
-      return pickle.load(f)
-  return json.loads(path.read_text())
-
-
-def rejected_rows(work: pathlib.Path) -> list[dict]:
-  rows = []
-  for path in sorted(glob.glob(str(work / "rejected*.jsonl"))):
-    with open(path) as f:
-      rows += [json.loads(line) for line in f if line.strip()]
-  return sorted(rows, key=lambda r: r["id"])

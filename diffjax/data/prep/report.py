@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
 import pathlib
+import pickle
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -92,10 +94,25 @@ def _examples_grid(picks, upscale_to: int = 64) -> np.ndarray | None:
   return make_grid(images, upscale=max(1, upscale_to // res))
 
 
+def load_work(work: pathlib.Path, name: str):
+  path = work / name
+  if name.endswith(".pkl"):
+    with open(path, "rb") as f:
+      return pickle.load(f)
+  return json.loads(path.read_text())
+
+
+def rejected_rows(work: pathlib.Path) -> list[dict]:
+  rows = []
+  for path in sorted(glob.glob(str(work / "rejected*.jsonl"))):
+    with open(path) as f:
+      rows += [json.loads(line) for line in f if line.strip()]
+  return sorted(rows, key=lambda r: r["id"])
+
+
 def assemble(spec, plan, out: pathlib.Path, work: pathlib.Path, metrics: dict, wall_s: float,
              previous: dict | None) -> dict:
   """Writes the manifest, data card, grids and rejected list; returns the manifest."""
-  from diffjax.data.prep.pipeline import load_work, rejected_rows
   summary = load_work(work, "summary.json")
   summary = summary[0] if isinstance(summary, list) else summary
   shards = sorted(load_work(work, "shards.json"), key=lambda s: s["file"])

@@ -20,6 +20,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from diffjax.data.convert import sha256_file
 from diffjax.data.pipeline import _to_channels, center_crop_resize
 from diffjax.data.prep import checks, dedup, inputs, privacy
 from diffjax.data.records import encode_png, encode_record
@@ -288,14 +289,6 @@ def _kept_summary(ex, out) -> dict:
 
 def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.array_record"
-
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 class WriteShard(beam.DoFn):
