@@ -125,3 +125,17 @@ def test_bad_schedule_arguments_raise_clear_errors():
     diffusion.get_schedule("edm", sigma_min=1.0, sigma_max=0.5)
   with pytest.raises(ValueError, match="beta_start"):
     diffusion.get_schedule("linear", beta_start=-1.0)
+
+
+def test_interp_matches_numpy_without_a_while_loop():
+  """The schedules' interpolation: np.interp's values (inside, on and outside the sample points,
+  on increasing non-uniform points), and no while loop in the compiled program (on GPU each
+  bisection round of jnp.interp waits for the device)."""
+  from diffjax.diffusion.schedules import interp
+  rng = np.random.default_rng(0)
+  xp = np.sort(rng.uniform(-2.0, 3.0, 41))
+  fp = rng.normal(size=41)
+  x = np.concatenate([rng.uniform(-3.0, 4.0, 500), xp, [xp[0] - 1.0, xp[-1] + 1.0]])
+  np.testing.assert_allclose(interp(x, xp, fp), np.interp(x, xp, fp), rtol=1e-5, atol=1e-5)
+  hlo = jax.jit(lambda x: interp(x, xp, fp)).lower(jnp.asarray(x, jnp.float32)).as_text()
+  assert "while" not in hlo

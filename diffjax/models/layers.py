@@ -99,8 +99,45 @@ class Conv(nn.Module):
                    bias_init=partitioned(zeros, ("conv_out",)), name="conv")(x)
 
 
+class _GroupNormCore(nn.Module):
+  """Group normalisation of NHWC (or [..., C]) input from per-channel statistics.
+
+  The statistics are reduced over the spatial axes per channel first (a reduction that keeps the
+  channel axis minor, which XLA runs as one fused pass on GPU and TPU) and only then pooled over
+  the channels of each group; normalisation is then one multiply-add per element with
+  per-(example, channel) coefficients. Same function as ``nn.GroupNorm`` (fast variance,
+  E[x^2] - E[x]^2, in float32), without its [..., groups, channels/group] reshape, whose
+  reduction over non-adjacent axes costs an extra transpose of the activation.
+  """
+
+  num_groups: int
+  epsilon: float
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    groups = self.num_groups
+    scale = self.param("scale", partitioned(nn.initializers.ones, ("norm",)), (channels,),
+                       self.param_dtype)
+    bias = self.param("bias", partitioned(zeros, ("norm",)), (channels,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    spatial = tuple(range(1, x.ndim - 1))
+    mean_c = jnp.mean(x32, axis=spatial)  # [B, C]
+    meansq_c = jnp.mean(jnp.square(x32), axis=spatial)
+    group = lambda s: jnp.mean(s.reshape(s.shape[0], groups, channels // groups), axis=-1)
+    mean, meansq = group(mean_c), group(meansq_c)  # [B, G]
+    inv = jax.lax.rsqrt(jnp.maximum(meansq - jnp.square(mean), 0.0) + self.epsilon)
+    expand = lambda g: jnp.repeat(g, channels // groups, axis=-1)  # [B, G] -> [B, C]
+    a = expand(inv) * scale.astype(jnp.float32)
+    b = bias.astype(jnp.float32) - expand(mean) * a
+    bcast = (x.shape[0],) + (1,) * len(spatial) + (channels,)
+    return (x32 * a.reshape(bcast) + b.reshape(bcast)).astype(self.dtype)
+
+
 class GroupNorm(nn.Module):
-  """Group normalisation computed in float32, returned in ``dtype``."""
+  """Group normalisation computed in float32, returned in ``dtype`` (see `_GroupNormCore`)."""
 
   num_groups: int = 32
   epsilon: float = 1e-6
@@ -110,11 +147,7 @@ class GroupNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     groups = math.gcd(self.num_groups, x.shape[-1])  # tiny test widths need fewer groups
-    y = nn.GroupNorm(num_groups=groups, epsilon=self.epsilon, dtype=jnp.float32,
-                     param_dtype=self.param_dtype,
-                     scale_init=partitioned(nn.initializers.ones, ("norm",)),
-                     bias_init=partitioned(zeros, ("norm",)), name="norm")(x)
-    return y.astype(self.dtype)
+    return _GroupNormCore(groups, self.epsilon, self.dtype, self.param_dtype, name="norm")(x)
 
 
 def layer_norm_no_affine(x, epsilon: float = 1e-6):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6 in one command, on a machine with one NVIDIA GPU:
-#   bash experiments/benchmarks/gpu.sh [cudnn|xla] [configs]
+#   bash experiments/benchmarks/gpu.sh [cudnn|xla] [configs] [more train_throughput.py flags]
 # Train-step images/s, MFU (XLA cost analysis / the chip's peak) and diffjax-vs-PyTorch
 # (diffusers' twin networks, same batch, same run) for the DDPM CIFAR-10 UNet and DiT-B/2 and
 # DiT-XL/2 on ImageNet-256 latent shapes, all in bf16. Writes
@@ -10,18 +10,20 @@
 set -euo pipefail
 attention=${1:-cudnn}
 configs=${2:-cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@128}
+shift $(( $# < 2 ? $# : 2 ))
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONUNBUFFERED=1
-# JAX would otherwise take 75% of the GPU up front and leave PyTorch too little.
+# Each framework runs in a process of its own (--isolate); JAX still takes memory as it goes
+# rather than 75% of the GPU up front, so the parent process holds none.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
 python3 experiments/benchmarks/train_throughput.py --configs "$configs" --dtype bfloat16 \
-  --attention "$attention" --steps 10 --windows 3
+  --attention "$attention" --steps 10 --windows 3 --isolate "$@"
 if [ -n "${OUT:-}" ]; then
   for f in experiments/benchmarks/results_gpu.md experiments/benchmarks/results_gpu.json; do
     cp "$f" "$OUT/$(basename "${f%.*}")_${attention}.${f##*.}"

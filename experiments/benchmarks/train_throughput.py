@@ -12,8 +12,14 @@ FLOPs utilisation; weak scaling over 1, 2, 4, ... devices (``--scaling``).
 Writes ``results_<backend>.json`` and ``results_<backend>.md`` beside this file.
 
   python experiments/benchmarks/train_throughput.py                       # CPU set
-  python experiments/benchmarks/train_throughput.py --configs cifar10_ddpm,dit_b2_latent,\\
-      dit_xl2_latent --batch 64 --dtype bfloat16 --scaling 1             # on a GPU
+  python experiments/benchmarks/train_throughput.py --configs cifar10_ddpm@128,dit_b2_latent@256,\\
+      dit_xl2_latent@128 --dtype bfloat16 --isolate                      # on a GPU
+
+A config name may carry ``@batch`` and ``+path=value`` overrides of its config, e.g.
+``cifar10_ddpm@128+model.kwargs.dropout=0.0``. ``--isolate`` times each network of each row in
+a process of its own (diffjax, then PyTorch), so neither framework's memory pool starves the
+other on a GPU; without it the two alternate in one process, which keeps the ratio fair on a
+noisy CPU host. ``--profile_dir`` also writes a profiler trace of a few diffjax steps per row.
 
 PyTorch runs when ``torch`` and ``diffusers`` are importable (``pip install diffusers``; not
 needed for training). On a CPU-only host this script splits the host into one XLA device per
@@ -24,6 +30,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import sys
 import time
@@ -43,6 +50,10 @@ flags.DEFINE_string("dtype", "", "compute dtype override: float32 | bfloat16")
 flags.DEFINE_float("peak_tflops", 0.0, "device peak (dense, at the dtype) for MFU; 0: by kind")
 flags.DEFINE_bool("torch", True, "also time the same network in PyTorch where one exists")
 flags.DEFINE_list("scaling", [], "device counts for weak scaling of the first config")
+flags.DEFINE_bool("isolate", False, "time each framework of each row in a process of its own")
+flags.DEFINE_enum("only", "", ["", "jax", "torch"], "time one framework only (used by --isolate)")
+flags.DEFINE_string("row_file", "", "write the row as JSON here and nothing else (--isolate)")
+flags.DEFINE_string("profile_dir", "", "write a jax.profiler trace of 3 diffjax steps per row")
 flags.DEFINE_string("attention", "", "DiT attention for jax.nn.dot_product_attention "
                     "(xla | cudnn; empty: JAX's default). MFU always counts the XLA version's "
                     "FLOPs, since XLA's cost analysis cannot see inside a cuDNN call")
@@ -56,8 +67,36 @@ PEAK_TFLOPS = {"h100": 790.0, "h200": 790.0, "tpu v4": 275.0, "tpu v5p": 459.0,
                "tpu v5 lite": 197.0, "tpu v6 lite": 918.0}
 
 
-def get_config(name: str):
-  """A config by ``module[:arg]``, or a DiT on ImageNet-256 latent shapes."""
+def parse_name(name: str) -> tuple[str, int | None, dict]:
+  """``module[:arg][@batch][+path=value...]`` -> (config name, batch or None, overrides)."""
+  import ast
+  name, *sets = name.split("+")
+  name, _, at_batch = name.partition("@")
+  overrides = {}
+  for item in sets:
+    path, eq, value = item.partition("=")
+    if not eq:
+      raise ValueError(f"config override {item!r}: expected path=value")
+    try:
+      overrides[path] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[path] = value
+  return name, int(at_batch) if at_batch else None, overrides
+
+
+def get_config(name: str, overrides: dict | None = None):
+  """A config by ``module[:arg]``, or a DiT on ImageNet-256 latent shapes, with overrides."""
+  config = _base_config(name)
+  for path, value in (overrides or {}).items():
+    *parents, leaf = path.split(".")
+    node = config
+    for key in parents:
+      node = node[key]
+    node[leaf] = value
+  return config
+
+
+def _base_config(name: str):
   import importlib
   if name in ("dit_b2_latent", "dit_xl2_latent"):
     c = importlib.import_module("configs.imagenet64_dit").get_config()
@@ -84,10 +123,22 @@ def peak_tflops(device_kind: str) -> float:
   return next((v for k, v in PEAK_TFLOPS.items() if k in kind), 0.0)
 
 
+def bench_config(name: str, batch: int | None, overrides: dict):
+  """The config as benchmarked: batch, --dtype and --attention applied."""
+  config = get_config(name, overrides)
+  if batch:
+    config.data.batch_size = batch
+  if FLAGS.dtype:
+    config.model.dtype = FLAGS.dtype
+  if FLAGS.attention and config.model.name.startswith("DiT"):
+    config.model.kwargs.attention_implementation = FLAGS.attention
+  return config
+
+
 class OurStep:
   """The config's train step on ``devices``, ready to time."""
 
-  def __init__(self, name: str, batch: int | None, devices=None):
+  def __init__(self, name: str, batch: int | None, devices=None, overrides: dict | None = None):
     import jax
     import numpy as np
 
@@ -95,14 +146,7 @@ class OurStep:
     from diffjax.spec import build_spec
     from diffjax.training import parameter_count
     from diffjax.training.setup import jit_train_step, setup_state
-    config = get_config(name)
-    if batch:
-      config.data.batch_size = batch
-    if FLAGS.dtype:
-      config.model.dtype = FLAGS.dtype
-    is_dit = config.model.name.startswith("DiT")
-    if FLAGS.attention and is_dit:
-      config.model.kwargs.attention_implementation = FLAGS.attention
+    config = bench_config(name, batch, overrides or {})
     devices = devices or jax.devices()
     spec = latent_spec(name, build_spec(config, num_devices=len(devices), check_network=False))
     self.spec = spec
@@ -146,6 +190,12 @@ class OurStep:
     jax.block_until_ready(metrics)
     return (time.perf_counter() - t0) / steps
 
+  def profile(self, directory: str, steps: int = 3) -> None:
+    import jax
+    self.run(1)
+    with jax.profiler.trace(directory):
+      self.run(steps)
+
   def forward_rate(self, steps: int) -> float:
     """Denoiser forward passes per second (one sampling step over the batch = batch NFE)."""
     import jax
@@ -165,9 +215,8 @@ class OurStep:
 class TorchStep:
   """The same network in PyTorch (diffusers), one Adam step on an MSE loss per call."""
 
-  def __init__(self, our: OurStep):
+  def __init__(self, spec):
     import torch
-    spec = our.spec
     self.torch = torch
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     if self.device == "cpu":
@@ -225,11 +274,11 @@ class TorchStep:
     return (time.perf_counter() - t0) / steps
 
 
-def make_torch(our: OurStep):
+def make_torch(spec):
   if not FLAGS.torch:
     return None, "off"
   try:
-    return TorchStep(our), ""
+    return TorchStep(spec), ""
   except ImportError as e:
     return None, f"not installed ({e.name})"
   except KeyError:
@@ -238,14 +287,60 @@ def make_torch(our: OurStep):
     return None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
 
 
-def measure(name: str) -> dict:
-  """One config's row; ``name@B`` sets the batch for this config only."""
+def row_batch(name: str, at_batch: int | None) -> int | None:
   import jax
-  name, _, at_batch = name.partition("@")
-  batch = (int(at_batch) if at_batch else FLAGS.batch) or (
+  return (at_batch or FLAGS.batch) or (
       CPU_BATCH.get(name) if jax.default_backend() == "cpu" else None)
-  ours = OurStep(name, batch)
-  twin, why_not = make_torch(ours)
+
+
+def measure_torch(label: str) -> dict:
+  """The PyTorch twin alone (``--only torch``): its row fields."""
+  from diffjax.spec import build_spec
+  name, at_batch, overrides = parse_name(label)
+  config = bench_config(name, row_batch(name, at_batch), overrides)
+  spec = latent_spec(name, build_spec(config, num_devices=1, check_network=False))
+  twin, why_not = make_torch(spec)
+  if not twin:
+    return {"config": label, "torch": why_not}
+  torch_s = statistics.median(twin.run(FLAGS.steps) for _ in range(FLAGS.windows))
+  b = spec.data.batch_size
+  return {"config": label, "torch_params_M": round(twin.params_m, 2),
+          "torch_step_ms": round(torch_s * 1e3, 1), "torch_images_per_s": round(b / torch_s, 1)}
+
+
+def measure_isolated(label: str) -> dict:
+  """The row from two child processes: diffjax alone, then PyTorch alone."""
+  import subprocess
+  import tempfile
+  row = {}
+  for only in ("jax", "torch") if FLAGS.torch else ("jax",):
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+      args = [sys.executable, __file__, f"--configs={label}", f"--only={only}",
+              f"--row_file={f.name}", f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
+              f"--dtype={FLAGS.dtype}", f"--attention={FLAGS.attention}",
+              f"--peak_tflops={FLAGS.peak_tflops}", f"--profile_dir={FLAGS.profile_dir}"]
+      if FLAGS.batch:
+        args.append(f"--batch={FLAGS.batch}")
+      done = subprocess.run(args)
+      part = json.loads(pathlib.Path(f.name).read_text() or "{}")
+    if done.returncode or not part:
+      part = {"config": label, **({"error": f"{only} process exited {done.returncode}"}
+                                  if only == "jax" else {"torch": f"process exited "
+                                                                  f"{done.returncode}"})}
+    row.update(part)
+  if "torch_step_ms" in row and "step_ms" in row:
+    row["speedup_vs_torch"] = round(row["torch_step_ms"] / row["step_ms"], 2)
+  return row
+
+
+def measure(label: str) -> dict:
+  """One config's row (see the module docstring for ``name@batch+path=value``)."""
+  import jax
+  if FLAGS.only == "torch":
+    return measure_torch(label)
+  name, at_batch, overrides = parse_name(label)
+  ours = OurStep(name, row_batch(name, at_batch), overrides=overrides)
+  twin, why_not = make_torch(ours.spec) if FLAGS.only != "jax" else (None, "")
   our_times, torch_times = [], []
   for _ in range(FLAGS.windows):  # alternate, so machine drift hits both alike
     our_times.append(ours.run(FLAGS.steps))
@@ -257,7 +352,7 @@ def measure(name: str) -> dict:
   device = jax.devices()[0]
   peak = peak_tflops(device.device_kind) * jax.device_count()
   nfe_per_s = ours.forward_rate(FLAGS.steps)
-  row = {"config": name, "model": spec.model.name, "params_M": round(ours.params_m, 2),
+  row = {"config": label, "model": spec.model.name, "params_M": round(ours.params_m, 2),
          "image": f"{spec.data.image_size}x{spec.data.image_size}x{spec.data.channels}",
          "batch": b, "dtype": spec.model.dtype, "devices": jax.device_count(),
          "step_ms": round(step_s * 1e3, 1), "images_per_s": round(b / step_s, 1),
@@ -273,14 +368,16 @@ def measure(name: str) -> dict:
     torch_s = statistics.median(torch_times)
     row.update(torch_params_M=round(twin.params_m, 2), torch_step_ms=round(torch_s * 1e3, 1),
                torch_images_per_s=round(b / torch_s, 1), speedup_vs_torch=round(torch_s / step_s, 2))
-  else:
+  elif why_not:
     row["torch"] = why_not
+  if FLAGS.profile_dir:
+    ours.profile(os.path.join(FLAGS.profile_dir, re.sub(r"[^A-Za-z0-9._-]", "_", label)))
   return row
 
 
 def weak_scaling(name: str, counts) -> list[dict]:
   """Same per-device batch on 1, 2, 4, ... devices; efficiency = rate_n / (n * rate_1)."""
-  name = name.partition("@")[0]
+  name = parse_name(name)[0]
   import jax
   per_device = FLAGS.batch or CPU_BATCH.get(name) or get_config(name).data.batch_size
   per_device = max(1, per_device // jax.device_count())
@@ -300,11 +397,20 @@ def main(argv):
   if os.environ.get("JAX_PLATFORMS", "") in ("", "cpu"):
     from diffjax.parallel.distributed import split_host_into_devices
     split_host_into_devices(max([16] + [int(n) for n in FLAGS.scaling]))
+  if FLAGS.row_file:  # a child of --isolate: one row, no tables
+    try:
+      row = measure(FLAGS.configs[0])
+    except Exception as e:
+      row = {"config": FLAGS.configs[0], "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+      if FLAGS.only == "torch":
+        row = {"config": FLAGS.configs[0], "torch": f"failed: {row.pop('error')}"}
+    pathlib.Path(FLAGS.row_file).write_text(json.dumps(row))
+    return
   import jax
   rows = []
   for name in FLAGS.configs:
     try:
-      row = measure(name)
+      row = measure_isolated(name) if FLAGS.isolate else measure(name)
     except Exception as e:  # one config failing (memory, a kernel) must not lose the others
       row = {"config": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     print(json.dumps(row), flush=True)
