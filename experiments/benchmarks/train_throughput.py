@@ -367,7 +367,8 @@ def measure(label: str) -> dict:
   if twin:
     torch_s = statistics.median(torch_times)
     row.update(torch_params_M=round(twin.params_m, 2), torch_step_ms=round(torch_s * 1e3, 1),
-               torch_images_per_s=round(b / torch_s, 1), speedup_vs_torch=round(torch_s / step_s, 2))
+               torch_images_per_s=round(b / torch_s, 1),
+               speedup_vs_torch=round(torch_s / step_s, 2))
   elif why_not:
     row["torch"] = why_not
   if FLAGS.profile_dir:
@@ -398,12 +399,13 @@ def main(argv):
     from diffjax.parallel.distributed import split_host_into_devices
     split_host_into_devices(max([16] + [int(n) for n in FLAGS.scaling]))
   if FLAGS.row_file:  # a child of --isolate: one row, no tables
+    label = FLAGS.configs[0]
     try:
-      row = measure(FLAGS.configs[0])
+      row = measure(label)
     except Exception as e:
-      row = {"config": FLAGS.configs[0], "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-      if FLAGS.only == "torch":
-        row = {"config": FLAGS.configs[0], "torch": f"failed: {row.pop('error')}"}
+      why = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+      row = ({"config": label, "torch": f"failed: {why}"} if FLAGS.only == "torch"
+             else {"config": label, "error": why})
     pathlib.Path(FLAGS.row_file).write_text(json.dumps(row))
     return
   import jax
