@@ -9,7 +9,7 @@
 # (see experiments/benchmarks/README in the README's Benchmarks section).
 set -euo pipefail
 attention=${1:-cudnn}
-configs=${2:-cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@128}
+configs=${2:-cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@64}
 shift $(( $# < 2 ? $# : 2 ))
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
