@@ -139,3 +139,11 @@ def test_interp_matches_numpy_without_a_while_loop():
   np.testing.assert_allclose(interp(x, xp, fp), np.interp(x, xp, fp), rtol=1e-5, atol=1e-5)
   hlo = jax.jit(lambda x: interp(x, xp, fp)).lower(jnp.asarray(x, jnp.float32)).as_text()
   assert "while" not in hlo
+
+
+def test_linear_schedule_interpolates_its_table_like_numpy():
+  s = diffusion.get_schedule("linear")
+  t = np.concatenate([np.random.default_rng(1).uniform(0.0, 1.0, 300), [0.0, 0.5, 1.0]])
+  table = np.concatenate([[0.0], np.cumsum(np.log1p(-s.betas))])
+  expected = np.exp(0.5 * np.interp(t, np.linspace(0.0, 1.0, 1001), table))
+  np.testing.assert_allclose(_np(s.alpha(t)), expected, rtol=2e-6, atol=1e-7)
