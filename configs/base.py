@@ -61,6 +61,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.9999
   c.train.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
   c.train.grad_accum = 1  # micro-batches per step (gradients summed in a scan; same result)
+  # Keep the optimiser state (Adam's two moments: twice the parameters) in pinned host memory
+  # between steps; each step copies it in and out. Frees accelerator memory, costs transfers.
+  c.train.offload_opt_state = False
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"

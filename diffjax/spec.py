@@ -93,6 +93,7 @@ class TrainSpec:
   ema_warmup: bool
   seed: int
   grad_accum: int = 1
+  offload_opt_state: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,8 +293,11 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
                     float(o.weight_decay), o.warmup_steps, o.schedule, float(o.grad_clip),
                     t.num_steps)
   ck.positive_int(t.grad_accum, "train.grad_accum")
+  ck.require(isinstance(t.get("offload_opt_state", False), bool), "train.offload_opt_state",
+             f"must be True or False, got {t.get('offload_opt_state')!r}")
   train = TrainSpec(t.num_steps, float(t.ema_decay), bool(t.ema_warmup), config.seed,
-                    t.grad_accum if isinstance(t.grad_accum, int) else 1)
+                    t.grad_accum if isinstance(t.grad_accum, int) else 1,
+                    bool(t.get("offload_opt_state", False)))
 
   s = config.sample
   ck.one_of(s.sampler, tuple(diffusion.SAMPLERS), "sample.sampler")

@@ -164,8 +164,10 @@ def train(config, workdir: str) -> dict:
   table, sizes = parallel.sharding_report(setup.abstract, setup.shardings)
   if is_main:
     (workdir / "sharding.txt").write_text(table + "\n")
+  offloaded = (f" (+ {sizes['host_mb']:.1f} MB of optimiser state in host memory)"
+               if sizes["host_mb"] else "")
   log(f"train state ({spec.mesh.rules} rules): {sizes['total_mb']:.1f} MB in all, "
-      f"{sizes['per_device_mb']:.1f} MB per device; every array's split in "
+      f"{sizes['per_device_mb']:.1f} MB per device{offloaded}; every array's split in "
       f"{workdir / 'sharding.txt'}")
 
   state, restored_step, data_restored = ckpt.restore_latest(setup.abstract, iterator)

@@ -70,21 +70,26 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> Any:
 
 
 def sharding_report(abstract_tree, shardings) -> tuple[str, dict[str, float]]:
-  """A table of every array's shape and split, and the bytes per device it adds up to."""
+  """A table of every array's shape and split, and the bytes per device it adds up to
+  (``per_device_mb`` in device memory, ``host_mb`` per device in host memory: offloaded)."""
   leaves = jax.tree_util.tree_leaves_with_path(abstract_tree)
   shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
-  lines, total, per_device = [], 0, 0
+  lines, total, per_device, host = [], 0, 0, 0
   for (path, leaf), sharding in zip(leaves, shard_leaves):
     nbytes = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
     local = sharding.shard_shape(leaf.shape)
     local_bytes = int(np.prod(local)) * np.dtype(leaf.dtype).itemsize
     total += nbytes
-    per_device += local_bytes
-    lines.append(f"{jax.tree_util.keystr(path).replace('.value', ''):90s} {str(tuple(leaf.shape)):22s} "
-                 f"{str(tuple(sharding.spec)):32s} {local_bytes / nbytes:6.3f}")
+    on_host = sharding.memory_kind in ("pinned_host", "unpinned_host")
+    host += local_bytes if on_host else 0
+    per_device += 0 if on_host else local_bytes
+    name = jax.tree_util.keystr(path).replace(".value", "")
+    lines.append(f"{name:90s} {str(tuple(leaf.shape)):22s} {str(tuple(sharding.spec)):32s} "
+                 f"{local_bytes / nbytes:6.3f}" + (" host" if on_host else ""))
   header = f"{'array':90s} {'shape':22s} {'mesh axes':32s} {'share':>6s}"
   return "\n".join([header, *lines]), {"total_mb": total / 2**20,
-                                       "per_device_mb": per_device / 2**20}
+                                       "per_device_mb": per_device / 2**20,
+                                       "host_mb": host / 2**20}
 
 
 def global_batch(local_batch, sharding: NamedSharding):
