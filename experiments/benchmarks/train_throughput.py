@@ -50,6 +50,8 @@ flags.DEFINE_string("dtype", "", "compute dtype override: float32 | bfloat16")
 flags.DEFINE_float("peak_tflops", 0.0, "device peak (dense, at the dtype) for MFU; 0: by kind")
 flags.DEFINE_bool("torch", True, "also time the same network in PyTorch where one exists")
 flags.DEFINE_list("scaling", [], "device counts for weak scaling of the first config")
+flags.DEFINE_string("results", "", "file stem of the results beside this script "
+                    "(default results_<backend>)")
 flags.DEFINE_bool("isolate", False, "time each framework of each row in a process of its own")
 flags.DEFINE_enum("only", "", ["", "jax", "torch"], "time one framework only (used by --isolate)")
 flags.DEFINE_string("row_file", "", "write the row as JSON here and nothing else (--isolate)")
@@ -423,7 +425,8 @@ def main(argv):
           "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": rows,
           "weak_scaling": scaling, "steps": FLAGS.steps, "windows": FLAGS.windows}
   out = pathlib.Path(__file__).parent
-  (out / f"results_{backend}.json").write_text(json.dumps(meta, indent=1))
+  stem = FLAGS.results or f"results_{backend}"
+  (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
   cols = ["config", "model", "params_M", "image", "batch", "dtype", "devices", "step_ms",
           "images_per_s", "torch_images_per_s", "speedup_vs_torch", "mfu",
           "sample_images_per_s", "memory_mb_per_device", "compile_s", "error"]
@@ -437,7 +440,7 @@ def main(argv):
               "| devices | batch | images/s | efficiency |", "|---|---|---|---|"]
     lines += [f"| {r['devices']} | {r['batch']} | {r['images_per_s']} | {r['efficiency']} |"
               for r in scaling]
-  (out / f"results_{backend}.md").write_text("\n".join(lines) + "\n")
+  (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
 
