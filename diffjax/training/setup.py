@@ -28,7 +28,7 @@ class StateSetup:
   shardings: Any  # TrainState of NamedShardings: where the state lives between steps
   boxed: TrainState  # abstract state with logical axis names (for reporting)
   init: Callable  # jitted: rng -> TrainState, created directly in its shardings
-  compute_shardings: Any = None  # the same in device memory (differs with host offload)
+  compute_shardings: Any  # the same in device memory (differs with host offload)
 
 
 def image_shape(spec: ExperimentSpec) -> tuple[int, int, int]:
@@ -67,7 +67,7 @@ def jit_train_step(setup: StateSetup, spec: ExperimentSpec, mesh) -> Callable:
       inject_nan_steps=spec.faults.inject_nan_steps, grad_accum=spec.train.grad_accum)
 
   def fn(state, batch):
-    if setup.compute_shardings is not None and setup.compute_shardings is not setup.shardings:
+    if setup.compute_shardings is not setup.shardings:
       state = jax.device_put(state, setup.compute_shardings)
     return step(state, batch)
 
