@@ -325,10 +325,9 @@ def measure_isolated(label: str) -> dict:
         args.append(f"--batch={FLAGS.batch}")
       done = subprocess.run(args)
       part = json.loads(pathlib.Path(f.name).read_text() or "{}")
-    if done.returncode or not part:
-      part = {"config": label, **({"error": f"{only} process exited {done.returncode}"}
-                                  if only == "jax" else {"torch": f"process exited "
-                                                                  f"{done.returncode}"})}
+    if done.returncode or not part:  # the child died before writing its row
+      part = {"config": label, "error" if only == "jax" else "torch":
+              f"{only} process exited {done.returncode}"}
     row.update(part)
   if "torch_step_ms" in row and "step_ms" in row:
     row["speedup_vs_torch"] = round(row["torch_step_ms"] / row["step_ms"], 2)
