@@ -12,6 +12,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
+from diffjax.parallel.distributed import tune_cpu_xla_flags  # noqa: E402
+
+tune_cpu_xla_flags()  # the XLA:CPU settings launch.py makes, so tests run what users run
 os.environ.setdefault("DIFFJAX_TEST_CACHE", tempfile.mkdtemp(prefix="diffjax-test-cache-"))
 # Programs compiled once (by this process or a launch.py subprocess) are reused from disk.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["DIFFJAX_TEST_CACHE"])

@@ -2,6 +2,8 @@
 like one device and really split the parameters and optimiser state; gradient accumulation
 equals one step on the whole batch; rematerialisation changes memory, not results."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -211,3 +213,28 @@ def test_offloaded_optimizer_state_lives_in_host_memory_and_changes_nothing(tmp_
   assert {a.sharding.memory_kind for a in jax.tree.leaves(restored.opt_state)} == {"pinned_host"}
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_cpu_xla_flags_are_added_once_never_over_the_users_and_take_effect(monkeypatch):
+  from jax import lax
+
+  from diffjax.parallel import distributed
+  # This session's backend started with the flag (conftest; jax.devices() starts it now if no
+  # test has, before the environment changes below): XLA:CPU compiles a convolution to its own
+  # kernel, not to a YNNPACK fusion.
+  jax.devices()
+  x, w = np.ones((2, 16, 16, 32), np.float32), np.ones((3, 3, 32, 32), np.float32)
+  hlo = jax.jit(lambda x, w: lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(
+          x, w).compile().as_text()
+  assert "convolution(" in hlo and "__ynn_fusion" not in hlo
+  name, value = next(iter(distributed.CPU_XLA_FLAGS.items()))
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  assert distributed.tune_cpu_xla_flags() == [f"--{name}={value}"]
+  assert distributed.tune_cpu_xla_flags() == []  # already there
+  assert os.environ["XLA_FLAGS"].count(name) == 1
+  monkeypatch.setenv("XLA_FLAGS", f"--{name}=individual_dot")  # the user's choice stays
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert distributed.split_host_into_devices(16, cores=4) == 4
+  assert os.environ["XLA_FLAGS"].split() == [f"--{name}=individual_dot",
+                                             "--xla_force_host_platform_device_count=4"]
