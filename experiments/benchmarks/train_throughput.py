@@ -4,7 +4,8 @@ For each config: the jitted, sharded train step of its real network on synthetic
 loading excluded) after compilation and warm-up, timed in alternation with PyTorch running the
 same network (diffusers' ``UNet2DModel`` built like our DDPM CIFAR-10 UNet, 35,746,307
 parameters in both; diffusers' ``DiTTransformer2DModel`` for DiT configs) on the same batch
-shape with Adam, so the ratio holds on a noisy machine. Also: the denoiser's forward rate
+shape with the same update (clipping, Adam, EMA: see ``TorchStep``), so the ratio holds on a
+noisy machine. Also: the denoiser's forward rate
 (sampling NFE/s, images/s for the config's sampler steps), model FLOPs per step from XLA's cost
 analysis and, given the device's peak (``--peak_tflops``, default by device kind), the model
 FLOPs utilisation; weak scaling over 1, 2, 4, ... devices (``--scaling``).
@@ -215,7 +216,10 @@ class OurStep:
 
 
 class TorchStep:
-  """The same network in PyTorch (diffusers), one Adam step on an MSE loss per call."""
+  """The same network in PyTorch (diffusers) and the same update as the config's diffjax step:
+  an MSE loss, global-norm gradient clipping (``optim.grad_clip``), Adam and the EMA of the
+  parameters (``train.ema_decay``; ``torch._foreach_lerp_``, as diffusers' EMAModel with
+  foreach). Not mirrored: diffjax's skip of a non-finite update (a few selects per tensor)."""
 
   def __init__(self, spec):
     import torch
@@ -247,7 +251,11 @@ class TorchStep:
       raise KeyError(name)
     self.model.to(self.device).train()
     self.params_m = sum(p.numel() for p in self.model.parameters()) / 1e6
-    self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+    self.params = list(self.model.parameters())
+    o = spec.optim
+    self.opt = torch.optim.Adam(self.params, lr=1e-4, betas=(o.b1, o.b2), eps=o.eps)
+    self.grad_clip, self.ema_decay = o.grad_clip, spec.train.ema_decay
+    self.ema = [p.detach().clone() for p in self.params] if self.ema_decay else []
     gen = torch.Generator().manual_seed(0)
     self.x = torch.randn(b, ch, s, s, generator=gen).to(self.device)
     self.t = torch.randint(0, 1000, (b,), generator=gen).to(self.device)
@@ -262,7 +270,12 @@ class TorchStep:
       loss = torch.nn.functional.mse_loss(out.float(), self.x)
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
+    if self.grad_clip > 0:
+      torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
     self.opt.step()
+    if self.ema:
+      with torch.no_grad():
+        torch._foreach_lerp_(self.ema, self.params, 1.0 - self.ema_decay)
 
   def run(self, steps: int) -> float:
     torch = self.torch
