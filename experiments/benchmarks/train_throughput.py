@@ -5,7 +5,7 @@ loading excluded) after compilation and warm-up, timed in alternation with PyTor
 same network (diffusers' ``UNet2DModel`` built like our DDPM CIFAR-10 UNet, 35,746,307
 parameters in both; diffusers' ``DiTTransformer2DModel`` for DiT configs) on the same batch
 shape with the same update (clipping, Adam, EMA: see ``TorchStep``), so the ratio holds on a
-noisy machine. Also: the denoiser's forward rate
+noisy machine; each window starts with one untimed step. Also: the denoiser's forward rate
 (sampling NFE/s, images/s for the config's sampler steps), model FLOPs per step from XLA's cost
 analysis and, given the device's peak (``--peak_tflops``, default by device kind), the model
 FLOPs utilisation; weak scaling over 1, 2, 4, ... devices (``--scaling``).
@@ -172,7 +172,7 @@ class OurStep:
     self.memory_mb = (None if memory is None else round(
         (memory.temp_size_in_bytes + memory.argument_size_in_bytes) / 2**20, 1))
     self.params_m = parameter_count(self.state.params) / 1e6
-    self.run(2)  # warm-up
+    self.run(1, untimed=1)  # warm-up
 
   def _model_flops(self, config, devices) -> float:
     """FLOPs of the step on the whole batch (backend-independent, see `train_step_flops`),
@@ -185,8 +185,14 @@ class OurStep:
     return train_step_flops(latent_spec(self.name, build_spec(config, num_devices=1,
                                                               check_network=False)))
 
-  def run(self, steps: int) -> float:
+  def run(self, steps: int, untimed: int = 1) -> float:
+    """Seconds per step over ``steps`` steps, after ``untimed`` ones: each timing window starts
+    with an untimed step, since on a CPU host the first step after the other framework's window
+    ran up to 30% slower than the next ones (4.55 s, then 3.54 s)."""
     import jax
+    for _ in range(untimed):
+      self.state, metrics = self.fn(self.state, self.batch)
+    jax.block_until_ready(self.state)
     t0 = time.perf_counter()
     for _ in range(steps):
       self.state, metrics = self.fn(self.state, self.batch)
@@ -197,7 +203,7 @@ class OurStep:
     import jax
     self.run(1)
     with jax.profiler.trace(directory):
-      self.run(steps)
+      self.run(steps, untimed=0)
 
   def forward_rate(self, steps: int) -> float:
     """Denoiser forward passes per second (one sampling step over the batch = batch NFE)."""
@@ -261,7 +267,7 @@ class TorchStep:
     self.t = torch.randint(0, 1000, (b,), generator=gen).to(self.device)
     self.y = torch.randint(0, 1000, (b,), generator=gen).to(self.device)
     self.bf16 = spec.model.dtype == "bfloat16"
-    self.run(2)
+    self.run(1, untimed=1)
 
   def step(self):
     torch = self.torch
@@ -277,8 +283,10 @@ class TorchStep:
       with torch.no_grad():
         torch._foreach_lerp_(self.ema, self.params, 1.0 - self.ema_decay)
 
-  def run(self, steps: int) -> float:
+  def run(self, steps: int, untimed: int = 1) -> float:
     torch = self.torch
+    for _ in range(untimed):
+      self.step()
     if self.device == "cuda":
       torch.cuda.synchronize()
     t0 = time.perf_counter()
