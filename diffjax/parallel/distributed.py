@@ -42,7 +42,7 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
 # XLA:CPU settings diffjax makes on CPU hosts unless XLA_FLAGS already names the flag. Measured
 # on a 2-core AVX-512 Xeon, jax 0.10.2 (experiments/benchmarks/conv_cpu.py -> conv_cpu.md):
 # YNNPACK's convolutions, XLA:CPU's default, take 4x as long as XLA's own (Eigen) kernels for
-# the weight gradient of a 3x3 convolution on 32x32 activations (81 vs 20 ms), and the DDPM
+# the weight gradient of a 3x3 convolution on 32x32 activations (80 vs 20 ms), and the DDPM
 # CIFAR-10 UNet's train step 5.5 s instead of 4.1 s. YNNPACK stays on for dots, elementwise
 # fusions and reductions, where it is as fast or faster.
 CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
