@@ -44,18 +44,28 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
 # YNNPACK's convolutions, XLA:CPU's default, take 4x as long as XLA's own (Eigen) kernels for
 # the weight gradient of a 3x3 convolution on 32x32 activations (80 vs 20 ms), and the DDPM
 # CIFAR-10 UNet's train step 5.5 s instead of 4.1 s. YNNPACK stays on for dots, elementwise
-# fusions and reductions, where it is as fast or faster.
+# fusions and reductions (turning it off entirely made that step slower, not faster).
 CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
-# The first jaxlib these flags were measured with (older ones may not know them, and XLA aborts
-# on an unknown flag).
+# The first jaxlib these flags were measured with (0.9.2 and 0.10.0 accept the flag but do not
+# use YNNPACK for convolutions anyway; XLA aborts on a flag it does not know).
 CPU_XLA_FLAGS_SINCE = (0, 10)
+# Installed with a GPU or TPU backend: the CPU backend does no training work there, so the
+# experimental flag is not worth the risk of a jaxlib that no longer knows it.
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin",
+                       "jax_rocm60_plugin", "libtpu")
 
 
 def tune_cpu_xla_flags() -> list[str]:
-  """Adds `CPU_XLA_FLAGS` to ``XLA_FLAGS`` (each only when not set there already); returns the
-  flags added. Must run before JAX initialises its backends; only XLA:CPU reads them."""
+  """Adds `CPU_XLA_FLAGS` to ``XLA_FLAGS`` (each only when not set there already) on a host
+  without a GPU/TPU plugin or with ``JAX_PLATFORMS=cpu``; returns the flags added. Must run
+  before JAX initialises its backends; only XLA:CPU reads them."""
+  import importlib.util
+
   import jaxlib
   if tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) < CPU_XLA_FLAGS_SINCE:
+    return []
+  cpu_only = os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu"
+  if not cpu_only and any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS):
     return []
   flags = os.environ.get("XLA_FLAGS", "")
   added = [f"--{name}={value}" for name, value in CPU_XLA_FLAGS.items() if name not in flags]
