@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 6 in one command, on a machine with one NVIDIA GPU:
 #   bash experiments/benchmarks/gpu.sh [cudnn|xla] [configs] [more train_throughput.py flags]
+#   bash experiments/benchmarks/gpu.sh ab [flag_ab.py flags]   (XLA_FLAGS A/B, e.g. command buffers)
 # Train-step images/s, MFU (XLA cost analysis / the chip's peak) and diffjax-vs-PyTorch
 # (diffusers' twin networks, same batch, same run) for the DDPM CIFAR-10 UNet and DiT-B/2 and
 # DiT-XL/2 on ImageNet-256 latent shapes, all in bf16. Writes
@@ -8,9 +9,6 @@
 # Without internet, carry the Python packages the GPU image lacks as wheels in .whl/
 # (see experiments/benchmarks/README in the README's Benchmarks section).
 set -euo pipefail
-attention=${1:-cudnn}
-configs=${2:-cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@64}
-shift $(( $# < 2 ? $# : 2 ))
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
@@ -20,6 +18,15 @@ export PYTHONUNBUFFERED=1
 # Each framework runs in a process of its own (--isolate); JAX still takes memory as it goes
 # rather than 75% of the GPU up front, so the parent process holds none.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+if [ "${1:-}" = ab ]; then
+  shift
+  python3 experiments/benchmarks/flag_ab.py "$@"
+  if [ -n "${OUT:-}" ]; then cp experiments/benchmarks/ab_*.md experiments/benchmarks/ab_*.json "$OUT/"; fi
+  exit
+fi
+attention=${1:-cudnn}
+configs=${2:-cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@64}
+shift $(( $# < 2 ? $# : 2 ))
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
 python3 experiments/benchmarks/train_throughput.py --configs "$configs" --dtype bfloat16 \

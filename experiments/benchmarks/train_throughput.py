@@ -377,6 +377,7 @@ def measure(label: str) -> dict:
   row = {"config": label, "model": spec.model.name, "params_M": round(ours.params_m, 2),
          "image": f"{spec.data.image_size}x{spec.data.image_size}x{spec.data.channels}",
          "batch": b, "dtype": spec.model.dtype, "devices": jax.device_count(),
+         "device": device.device_kind,
          "step_ms": round(step_s * 1e3, 1), "images_per_s": round(b / step_s, 1),
          "compile_s": round(ours.compile_s, 1),
          "model_tflop_per_step": round(ours.flops_per_step / 1e12, 4),

@@ -1,0 +1,92 @@
+"""A/B of XLA_FLAGS on one config's train step: the two settings alternate, each in a fresh
+process, on the same machine in the same run, so host-to-host differences cannot decide it.
+
+  python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \\
+      --a=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution \\
+      --b=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution --results ab_ynn_cpu
+  bash experiments/benchmarks/gpu.sh ab --config cifar10_ddpm@128 --dtype bfloat16 \\
+      --b=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION \\
+      --results ab_command_buffer_gpu                                     # on a GPU
+
+Each round runs A then B (``train_throughput.py --notorch``, median step time of its windows);
+the table gives every round's step time, the medians and B's speed relative to A. Writes
+``<results>.md`` and ``<results>.json`` beside this file.
+"""
+
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from absl import app, flags
+
+flags.DEFINE_string("config", "cifar10_ddpm", "a train_throughput.py row name "
+                    "(module[@batch][+path=value])")
+flags.DEFINE_string("a", "", "XLA_FLAGS of setting A (added to the environment's)")
+flags.DEFINE_string("b", "", "XLA_FLAGS of setting B (added to the environment's)")
+flags.DEFINE_integer("rounds", 2, "A, B rounds")
+flags.DEFINE_integer("steps", 5, "timed steps per window")
+flags.DEFINE_integer("windows", 2, "windows per process")
+flags.DEFINE_string("dtype", "", "compute dtype override, as train_throughput.py")
+flags.DEFINE_string("attention", "", "DiT attention, as train_throughput.py")
+flags.DEFINE_string("results", "flag_ab", "file stem of the results beside this script")
+FLAGS = flags.FLAGS
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def run_once(flags_value: str) -> dict:
+  """One process of train_throughput.py for the config under ``XLA_FLAGS += flags_value``."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags_value}".strip()
+  with tempfile.TemporaryDirectory() as tmp:
+    row_file = pathlib.Path(tmp) / "row.json"
+    cmd = [sys.executable, str(HERE / "train_throughput.py"), f"--configs={FLAGS.config}",
+           "--notorch", f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
+           f"--row_file={row_file}", "--only=jax"]
+    cmd += [f"--dtype={FLAGS.dtype}"] if FLAGS.dtype else []
+    cmd += [f"--attention={FLAGS.attention}"] if FLAGS.attention else []
+    done = subprocess.run(cmd, env=env)
+    if done.returncode or not row_file.exists():
+      return {"error": f"exited {done.returncode}"}
+    return json.loads(row_file.read_text())
+
+
+def main(argv):
+  del argv
+  settings = {"A": FLAGS.a, "B": FLAGS.b}
+  times = {k: [] for k in settings}
+  rows = []
+  for r in range(FLAGS.rounds):
+    for name, value in settings.items():
+      row = run_once(value)
+      row.update(round=r + 1, setting=name)
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+      if "step_ms" in row:
+        times[name].append(row["step_ms"])
+  median = {k: statistics.median(v) if v else None for k, v in times.items()}
+  ratio = (round(median["A"] / median["B"], 3) if median["A"] and median["B"] else None)
+  device = next((r.get("device") for r in rows if r.get("device")), None)
+  meta = {"config": FLAGS.config, "settings": settings, "rows": rows, "median_step_ms": median,
+          "b_speedup_over_a": ratio, "steps": FLAGS.steps, "windows": FLAGS.windows,
+          "device": device}
+  (HERE / f"{FLAGS.results}.json").write_text(json.dumps(meta, indent=1))
+  lines = [f"A/B of XLA_FLAGS on `{FLAGS.config}`, {device} ({FLAGS.rounds} rounds of A then B, "
+           f"each a fresh process; step time = median of {FLAGS.windows} windows of "
+           f"{FLAGS.steps} steps)", "",
+           "| setting | XLA_FLAGS | step ms by round | median step ms |", "|---|---|---|---|"]
+  for name, value in settings.items():
+    per_round = ", ".join(f"{t:.1f}" for t in times[name]) or "failed"
+    med = f"{median[name]:.1f}" if median[name] else "-"
+    lines.append(f"| {name} | `{value or '(none)'}` | {per_round} | {med} |")
+  lines += ["", f"B / A speed: {ratio}x" if ratio else "B / A speed: -"]
+  (HERE / f"{FLAGS.results}.md").write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
