@@ -216,25 +216,45 @@ def test_offloaded_optimizer_state_lives_in_host_memory_and_changes_nothing(tmp_
 
 
 def test_cpu_xla_flags_are_added_once_never_over_the_users_and_take_effect(monkeypatch):
+  import re
+
   from jax import lax
 
   from diffjax.parallel import distributed
-  # This session's backend started with the flag (conftest; jax.devices() starts it now if no
-  # test has, before the environment changes below): XLA:CPU compiles a convolution to its own
-  # kernel, not to a YNNPACK fusion.
+  # This session's backend started with the flags (conftest; jax.devices() starts it now if no
+  # test has, before the environment changes below).
   jax.devices()
+  # Convolutions and dots compile to XLA's own kernels, not to YNNPACK fusions.
   x, w = np.ones((2, 16, 16, 32), np.float32), np.ones((3, 3, 32, 32), np.float32)
   hlo = jax.jit(lambda x, w: lax.conv_general_dilated(
       x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(
           x, w).compile().as_text()
-  assert "convolution(" in hlo and "__ynn_fusion" not in hlo
-  name, value = next(iter(distributed.CPU_XLA_FLAGS.items()))
+  assert "convolution(" in hlo and "ynn_fusion" not in hlo
+  x, w = np.ones((64, 32), np.float32), np.ones((32, 48), np.float32)
+  hlo = jax.jit(lambda x, w: x @ w).lower(x, w).compile().as_text()
+  assert " dot(" in hlo and "ynn_fusion" not in hlo
+  # Region-based copy insertion: the donated state is updated in place. With XLA's default
+  # analysis this data-parallel step copied every parameter and Adam moment first (438 copies;
+  # none on one device).
+  spec = build_spec(default.get_config("tiny"), num_devices=2)
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+  setup = setup_state(spec, mesh)
+  d, split = spec.data, parallel.batch_sharding(mesh)
+  batch = {"image": jax.ShapeDtypeStruct((d.batch_size, d.image_size, d.image_size, d.channels),
+                                         np.float32, sharding=split),
+           "label": jax.ShapeDtypeStruct((d.batch_size,), np.int32, sharding=split)}
+  hlo = jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).compile().as_text()
+  entry = hlo[hlo.index("\nENTRY"):]
+  assert re.findall(r"= \S+ copy\(%param", entry) == []
+
+  flags = [f"--{name}={value}" for name, value in distributed.CPU_XLA_FLAGS.items()]
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-  assert distributed.tune_cpu_xla_flags() == [f"--{name}={value}"]
+  assert distributed.tune_cpu_xla_flags() == flags
   assert distributed.tune_cpu_xla_flags() == []  # already there
-  assert os.environ["XLA_FLAGS"].count(name) == 1
+  assert all(os.environ["XLA_FLAGS"].count(name) == 1 for name in distributed.CPU_XLA_FLAGS)
+  name = next(iter(distributed.CPU_XLA_FLAGS))
   monkeypatch.setenv("XLA_FLAGS", f"--{name}=individual_dot")  # the user's choice stays
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   assert distributed.split_host_into_devices(16, cores=4) == 4
-  assert os.environ["XLA_FLAGS"].split() == [f"--{name}=individual_dot",
+  assert os.environ["XLA_FLAGS"].split() == [f"--{name}=individual_dot", *flags[1:],
                                              "--xla_force_host_platform_device_count=4"]

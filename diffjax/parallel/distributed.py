@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 
@@ -40,15 +41,23 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
 
 
 # XLA:CPU settings diffjax makes on CPU hosts unless XLA_FLAGS already names the flag. Measured
-# on a 2-core AVX-512 Xeon, jax 0.10.2 (experiments/benchmarks/conv_cpu.py -> conv_cpu.md):
-# YNNPACK's convolutions, XLA:CPU's default, take 4x as long as XLA's own (Eigen) kernels for
-# the weight gradient of a 3x3 convolution on 32x32 activations (80 vs 20 ms), and the DDPM
-# CIFAR-10 UNet's train step 5.5 s instead of 4.1 s. YNNPACK stays on for dots, elementwise
-# fusions and reductions (turning it off entirely made that step slower, not faster).
-CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
-# The first jaxlib these flags were measured with (0.9.2 and 0.10.0 accept the flag but do not
-# use YNNPACK for convolutions anyway; XLA aborts on a flag it does not know).
-CPU_XLA_FLAGS_SINCE = (0, 10)
+# on a 2-core AVX-512 Xeon, jax 0.10.2, each in fresh alternating processes
+# (experiments/benchmarks/flag_ab.py, conv_cpu.py; the .md files beside them):
+# * YNNPACK's convolutions, XLA:CPU's default, take 4x as long as XLA's own (Eigen) kernels for
+#   the weight gradient of a 3x3 convolution on 32x32 activations (80 vs 20 ms), and the DDPM
+#   CIFAR-10 UNet's train step 5.1 s instead of 3.6 s. Dots go to Eigen as well: YNNPACK's
+#   wants its operands in one layout, so XLA transposed activations for every weight gradient
+#   of a dense layer. YNNPACK stays on for elementwise fusions and reductions (turning it off
+#   entirely doubled that step).
+# * Region-based copy insertion: with the default analysis XLA copied every parameter and
+#   Adam moment at the start of a data-parallel step (429 MB per device for that UNet; no
+#   copies on one device) instead of updating the donated state in place.
+# Both together: 3.46 -> 3.33 s per UNet step, 168 -> 163 ms for the digits model.
+CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-individual_dot",
+                 "xla_cpu_copy_insertion_use_region_analysis": "true"}
+# The jaxlib these flags were measured with (0.9.2 and 0.10.0 do not use YNNPACK for
+# convolutions anyway; XLA aborts on a flag it does not know).
+CPU_XLA_FLAGS_SINCE = (0, 10, 2)
 # Installed with a GPU or TPU backend: the CPU backend does no training work there, so the
 # experimental flag is not worth the risk of a jaxlib that no longer knows it.
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin",
@@ -62,7 +71,8 @@ def tune_cpu_xla_flags() -> list[str]:
   import importlib.util
 
   import jaxlib
-  if tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) < CPU_XLA_FLAGS_SINCE:
+  version = tuple(int(re.match(r"\d*", p).group() or 0) for p in jaxlib.__version__.split(".")[:3])
+  if version < CPU_XLA_FLAGS_SINCE:
     return []
   cpu_only = os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu"
   if not cpu_only and any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS):
