@@ -59,7 +59,7 @@ CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolutio
 # convolutions anyway; XLA aborts on a flag it does not know).
 CPU_XLA_FLAGS_SINCE = (0, 10, 2)
 # Installed with a GPU or TPU backend: the CPU backend does no training work there, so the
-# experimental flag is not worth the risk of a jaxlib that no longer knows it.
+# flags are not worth the risk of a jaxlib that no longer knows them.
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin",
                        "jax_rocm60_plugin", "libtpu")
 
