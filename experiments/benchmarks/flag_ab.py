@@ -8,7 +8,7 @@ process, on the same machine in the same run, so host-to-host differences cannot
       --b=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION \\
       --results ab_command_buffer_gpu                                     # on a GPU
 
-Each round runs A then B (``train_throughput.py --notorch``, median step time of its windows);
+Each round runs A then B (``train_throughput.py --only=jax``, median step time of its windows);
 the table gives every round's step time, the medians and B's speed relative to A. Writes
 ``<results>.md`` and ``<results>.json`` beside this file.
 """
@@ -45,7 +45,7 @@ def run_once(flags_value: str) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     row_file = pathlib.Path(tmp) / "row.json"
     cmd = [sys.executable, str(HERE / "train_throughput.py"), f"--configs={FLAGS.config}",
-           "--notorch", f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
+           f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
            f"--row_file={row_file}", "--only=jax"]
     cmd += [f"--dtype={FLAGS.dtype}"] if FLAGS.dtype else []
     cmd += [f"--attention={FLAGS.attention}"] if FLAGS.attention else []
