@@ -16,11 +16,15 @@ distributed runtime starts by itself there; elsewhere pass --coordinator_address
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+if __name__ == "__main__":  # first: glibc reads its tunables only when a process starts
+  from diffjax.host import reexec_with_huge_pages
+  reexec_with_huge_pages()
 
-from diffjax.faults import RunFault
-from diffjax.spec import ConfigError
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from diffjax.faults import RunFault  # noqa: E402
+from diffjax.spec import ConfigError  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                 lock_config=True)

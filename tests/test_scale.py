@@ -3,13 +3,15 @@ like one device and really split the parameters and optimiser state; gradient ac
 equals one step on the whole batch; rematerialisation changes memory, not results."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from configs import default
-from diffjax import data, parallel
+from diffjax import data, host, parallel
 from diffjax.spec import ConfigError, build_spec
 from diffjax.training import loss_fn
 from diffjax.training.setup import jit_train_step, setup_state
@@ -258,3 +260,61 @@ def test_cpu_xla_flags_are_added_once_never_over_the_users_and_take_effect(monke
   assert distributed.split_host_into_devices(16, cores=4) == 4
   assert os.environ["XLA_FLAGS"].split() == [f"--{name}=individual_dot", *flags[1:],
                                              "--xla_force_host_platform_device_count=4"]
+
+
+def test_huge_page_environment_only_where_it_helps():
+  env = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+  helps = dict(glibc=(2, 36), thp_mode="madvise", cpu_only=True)
+  assert host.huge_page_environment(env, **helps) == {
+      "PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+  assert host.huge_page_environment({}, **helps) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  for change in [dict(glibc=(2, 34)), dict(glibc=None), dict(thp_mode="always"),
+                 dict(thp_mode="never"), dict(thp_mode=None), dict(cpu_only=False)]:
+    assert host.huge_page_environment(env, **{**helps, **change}) is None, change
+  # The user's own setting (here: off) wins, and is what stops a second re-execution.
+  assert host.huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, **helps) is None
+  assert host.huge_page_environment(host.huge_page_environment({}, **helps), **helps) is None
+
+
+# Run as `python -c CHILD arg`: says each start, then whether the kernel may back a fresh
+# 64 MiB numpy array with huge pages (the "THPeligible" line of the mapping that holds it).
+CHILD = """
+import os, sys
+print("start", sys.argv[1:], flush=True)
+from diffjax.host import reexec_with_huge_pages
+reexec_with_huge_pages()
+import numpy as np
+a = np.ones(1 << 24, np.float32)
+address = a.ctypes.data
+eligible = None
+with open("/proc/self/smaps") as f:
+  for line in f:
+    head = line.split()[0]
+    if "-" in head and ":" not in head:
+      lo, hi = (int(p, 16) for p in head.split("-"))
+      inside = lo <= address < hi
+    elif inside and head == "THPeligible:":
+      eligible = line.split()[1]
+print("tunables", os.environ.get("GLIBC_TUNABLES"), "eligible", eligible, flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_reexec_gives_large_allocations_huge_pages_where_it_helps():
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  applies = host.huge_page_environment(env, host.glibc_version(),
+                                       host.transparent_huge_pages_mode(),
+                                       host.cpu_only_host(env)) is not None
+  run = lambda e: subprocess.run([sys.executable, "-c", CHILD, "--flag=1"], env=e, text=True,
+                                 capture_output=True, check=True).stdout.splitlines()
+  lines = run(env)
+  if applies:  # restarted once, same arguments, and the array's mapping asks for huge pages
+    assert lines == ["start ['--flag=1']"] * 2 + [
+        "tunables glibc.malloc.hugetlb=1 eligible 1"]
+  else:
+    assert lines[0] == "start ['--flag=1']" and len(lines) == 2 and "hugetlb" not in lines[1]
+  # Turned off by the user: no restart, and (where it would apply) no huge pages.
+  lines = run({**env, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
+  assert lines[0] == "start ['--flag=1']" and len(lines) == 2
+  if applies:
+    assert lines[1] == "tunables glibc.malloc.hugetlb=0 eligible 0"

@@ -7,6 +7,8 @@ import re
 
 import jax
 
+from diffjax.host import cpu_only_host
+
 
 def cluster_detected() -> bool:
   """True on a multi-host Cloud TPU slice or a multi-task SLURM job (JAX discovers both)."""
@@ -58,24 +60,16 @@ CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolutio
 # The jaxlib these flags were measured with (0.9.2 and 0.10.0 do not use YNNPACK for
 # convolutions anyway; XLA aborts on a flag it does not know).
 CPU_XLA_FLAGS_SINCE = (0, 10, 2)
-# Installed with a GPU or TPU backend: the CPU backend does no training work there, so the
-# flags are not worth the risk of a jaxlib that no longer knows them.
-ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin",
-                       "jax_rocm60_plugin", "libtpu")
 
 
 def tune_cpu_xla_flags() -> list[str]:
   """Adds `CPU_XLA_FLAGS` to ``XLA_FLAGS`` (each only when not set there already) on a host
-  without a GPU/TPU plugin or with ``JAX_PLATFORMS=cpu``; returns the flags added. Must run
-  before JAX initialises its backends; only XLA:CPU reads them."""
-  import importlib.util
-
+  without a GPU/TPU plugin or with ``JAX_PLATFORMS=cpu`` (on others the flags are not worth the
+  risk of a jaxlib that no longer knows them); returns the flags added. Must run before JAX
+  initialises its backends; only XLA:CPU reads them."""
   import jaxlib
   version = tuple(int(re.match(r"\d*", p).group() or 0) for p in jaxlib.__version__.split(".")[:3])
-  if version < CPU_XLA_FLAGS_SINCE:
-    return []
-  cpu_only = os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu"
-  if not cpu_only and any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS):
+  if version < CPU_XLA_FLAGS_SINCE or not cpu_only_host():
     return []
   flags = os.environ.get("XLA_FLAGS", "")
   added = [f"--{name}={value}" for name, value in CPU_XLA_FLAGS.items() if name not in flags]

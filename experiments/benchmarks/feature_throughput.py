@@ -96,4 +96,6 @@ def _torch_images_per_s(x_uint8):
 
 
 if __name__ == "__main__":
+  from diffjax.host import reexec_with_huge_pages
+  reexec_with_huge_pages()  # huge pages for XLA:CPU's buffers (see diffjax/host.py)
   app.run(main)

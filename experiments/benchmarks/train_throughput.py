@@ -24,7 +24,9 @@ noisy CPU host. ``--profile_dir`` also writes a profiler trace of a few diffjax 
 
 PyTorch runs when ``torch`` and ``diffusers`` are importable (``pip install diffusers``; not
 needed for training). On a CPU-only host this script splits the host into one XLA device per
-core, as launch.py does; PyTorch gets all the cores as threads.
+core, as launch.py does; PyTorch gets all the cores as threads. Like launch.py, it restarts
+itself with huge pages for glibc's large allocations where that helps (``diffjax/host.py``);
+the PyTorch twin runs in the same process, so both frameworks get the same allocator.
 """
 
 import json
@@ -444,7 +446,8 @@ def main(argv):
   backend, device = jax.default_backend(), jax.devices()[0].device_kind
   meta = {"backend": backend, "device": device, "jax": jax.__version__,
           "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": rows,
-          "weak_scaling": scaling, "steps": FLAGS.steps, "windows": FLAGS.windows}
+          "weak_scaling": scaling, "steps": FLAGS.steps, "windows": FLAGS.windows,
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
   out = pathlib.Path(__file__).parent
   stem = FLAGS.results or f"results_{backend}"
   (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
@@ -452,7 +455,9 @@ def main(argv):
           "images_per_s", "torch_images_per_s", "speedup_vs_torch", "mfu",
           "sample_images_per_s", "memory_mb_per_device", "compile_s", "error"]
   lines = [f"Train-step throughput on {device} ({backend}, {os.cpu_count()} cores, jax "
-           f"{jax.__version__}); PyTorch = diffusers' twin network, same batch, same run", "",
+           f"{jax.__version__}); PyTorch = diffusers' twin network, same batch, same run"
+           + (f"; GLIBC_TUNABLES={meta['glibc_tunables']} (both frameworks)"
+              if meta["glibc_tunables"] else ""), "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(str(r.get(c, "-") if r.get(c) is not None else "-") for c in cols)
             + " |" for r in rows]
@@ -466,4 +471,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from diffjax.host import reexec_with_huge_pages
+  reexec_with_huge_pages()  # huge pages for XLA:CPU's buffers (see diffjax/host.py)
   app.run(main)

@@ -102,4 +102,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from diffjax.host import reexec_with_huge_pages
+  reexec_with_huge_pages()  # huge pages for XLA:CPU's buffers (see diffjax/host.py)
   app.run(main)
