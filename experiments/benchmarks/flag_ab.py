@@ -1,5 +1,6 @@
-"""A/B of XLA_FLAGS on one config's train step: the two settings alternate, each in a fresh
-process, on the same machine in the same run, so host-to-host differences cannot decide it.
+"""A/B of XLA_FLAGS (or other environment variables) on one config's train step: the two
+settings alternate, each in a fresh process, on the same machine in the same run, so
+host-to-host differences cannot decide it.
 
   python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \\
       --a=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution \\
@@ -7,6 +8,8 @@ process, on the same machine in the same run, so host-to-host differences cannot
   bash experiments/benchmarks/gpu.sh ab --config cifar10_ddpm@128 --dtype bfloat16 \\
       --b=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION \\
       --results ab_command_buffer_gpu                                     # on a GPU
+  python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \
+      --a_env=GLIBC_TUNABLES=glibc.malloc.hugetlb=0 --results ab_hugetlb_cpu   # malloc huge pages
 
 Each round runs A then B (``train_throughput.py --only=jax``, median step time of its windows);
 the table gives every round's step time, the medians and B's speed relative to A. Writes
@@ -27,6 +30,8 @@ flags.DEFINE_string("config", "cifar10_ddpm", "a train_throughput.py row name "
                     "(module[@batch][+path=value])")
 flags.DEFINE_string("a", "", "XLA_FLAGS of setting A (added to the environment's)")
 flags.DEFINE_string("b", "", "XLA_FLAGS of setting B (added to the environment's)")
+flags.DEFINE_multi_string("a_env", [], "NAME=VALUE set in setting A's environment")
+flags.DEFINE_multi_string("b_env", [], "NAME=VALUE set in setting B's environment")
 flags.DEFINE_integer("rounds", 2, "A, B rounds")
 flags.DEFINE_integer("steps", 5, "timed steps per window")
 flags.DEFINE_integer("windows", 2, "windows per process")
@@ -38,9 +43,18 @@ FLAGS = flags.FLAGS
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def run_once(flags_value: str) -> dict:
-  """One process of train_throughput.py for the config under ``XLA_FLAGS += flags_value``."""
-  env = dict(os.environ)
+def parse_env(pairs: list[str], flag: str) -> dict[str, str]:
+  """``["NAME=VALUE", ...]`` as a dict; a pair without ``=`` is a usage error."""
+  bad = [p for p in pairs if "=" not in p or not p.split("=", 1)[0]]
+  if bad:
+    raise app.UsageError(f"--{flag} wants NAME=VALUE, got {bad[0]!r}")
+  return dict(p.split("=", 1) for p in pairs)
+
+
+def run_once(flags_value: str, extra_env: dict[str, str]) -> dict:
+  """One process of train_throughput.py for the config under ``XLA_FLAGS += flags_value`` and
+  ``extra_env``."""
+  env = {**os.environ, **extra_env}
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags_value}".strip()
   with tempfile.TemporaryDirectory() as tmp:
     row_file = pathlib.Path(tmp) / "row.json"
@@ -58,11 +72,12 @@ def run_once(flags_value: str) -> dict:
 def main(argv):
   del argv
   settings = {"A": FLAGS.a, "B": FLAGS.b}
+  envs = {"A": parse_env(FLAGS.a_env, "a_env"), "B": parse_env(FLAGS.b_env, "b_env")}
   times = {k: [] for k in settings}
   rows = []
   for r in range(FLAGS.rounds):
     for name, value in settings.items():
-      row = run_once(value)
+      row = run_once(value, envs[name])
       row.update(round=r + 1, setting=name)
       rows.append(row)
       print(json.dumps(row), flush=True)
@@ -71,18 +86,22 @@ def main(argv):
   median = {k: statistics.median(v) if v else None for k, v in times.items()}
   ratio = (round(median["A"] / median["B"], 3) if median["A"] and median["B"] else None)
   device = next((r.get("device") for r in rows if r.get("device")), None)
-  meta = {"config": FLAGS.config, "settings": settings, "rows": rows, "median_step_ms": median,
+  meta = {"config": FLAGS.config, "settings": settings, "environment": envs, "rows": rows,
+          "median_step_ms": median,
           "b_speedup_over_a": ratio, "steps": FLAGS.steps, "windows": FLAGS.windows,
           "device": device}
   (HERE / f"{FLAGS.results}.json").write_text(json.dumps(meta, indent=1))
-  lines = [f"A/B of XLA_FLAGS on `{FLAGS.config}`, {device} ({FLAGS.rounds} rounds of A then B, "
+  lines = [f"A/B of settings on `{FLAGS.config}`, {device} ({FLAGS.rounds} rounds of A then B, "
            f"each a fresh process; step time = median of {FLAGS.windows} windows of "
            f"{FLAGS.steps} steps)", "",
-           "| setting | XLA_FLAGS | step ms by round | median step ms |", "|---|---|---|---|"]
+           "| setting | XLA_FLAGS | environment | step ms by round | median step ms |",
+           "|---|---|---|---|---|"]
   for name, value in settings.items():
     per_round = ", ".join(f"{t:.1f}" for t in times[name]) or "failed"
     med = f"{median[name]:.1f}" if median[name] else "-"
-    lines.append(f"| {name} | `{value or '(none)'}` | {per_round} | {med} |")
+    env = " ".join(f"{k}={v}" for k, v in envs[name].items())
+    lines.append(f"| {name} | `{value or '(none)'}` | `{env or '(unchanged)'}` | {per_round} "
+                 f"| {med} |")
   lines += ["", f"B / A speed: {ratio}x" if ratio else "B / A speed: -"]
   (HERE / f"{FLAGS.results}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
