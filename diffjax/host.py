@@ -75,6 +75,8 @@ def reexec_with_huge_pages() -> None:
   For the ``__main__`` block of CPU entry points only, before any real work: everything the
   process did so far is lost, and never call it from a library or under pytest.
   """
+  if sys.argv[0] in ("", "-"):  # an interactive session or a script read from stdin
+    return
   env = huge_page_environment(os.environ, glibc_version(), transparent_huge_pages_mode(),
                               cpu_only_host())
   if env is None:
