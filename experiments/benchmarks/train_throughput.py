@@ -388,12 +388,16 @@ def measure(label: str) -> dict:
          "sample_nfe_per_s": round(nfe_per_s, 1),
          "sample_images_per_s": round(nfe_per_s / spec.sample.num_steps /
                                       (2 if spec.sample.guidance_scale != 1 else 1), 4),
-         "sample_steps": spec.sample.num_steps}
+         "sample_steps": spec.sample.num_steps,
+         "step_ms_by_window": [round(t * 1e3, 1) for t in our_times]}
   if twin:
     torch_s = statistics.median(torch_times)
+    by_window = [t / o for o, t in zip(our_times, torch_times)]
     row.update(torch_params_M=round(twin.params_m, 2), torch_step_ms=round(torch_s * 1e3, 1),
                torch_images_per_s=round(b / torch_s, 1),
-               speedup_vs_torch=round(torch_s / step_s, 2))
+               speedup_vs_torch=round(torch_s / step_s, 2),
+               torch_step_ms_by_window=[round(t * 1e3, 1) for t in torch_times],
+               speedup_range=[round(min(by_window), 3), round(max(by_window), 3)])
   elif why_not:
     row["torch"] = why_not
   if FLAGS.profile_dir:
