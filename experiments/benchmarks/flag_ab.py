@@ -8,7 +8,7 @@ host-to-host differences cannot decide it.
   bash experiments/benchmarks/gpu.sh ab --config cifar10_ddpm@128 --dtype bfloat16 \\
       --b=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION \\
       --results ab_command_buffer_gpu                                     # on a GPU
-  python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \
+  python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \\
       --a_env=GLIBC_TUNABLES=glibc.malloc.hugetlb=0 --results ab_hugetlb_cpu   # malloc huge pages
 
 Each round runs A then B (``train_throughput.py --only=jax``, median step time of its windows);
