@@ -318,3 +318,17 @@ def test_reexec_gives_large_allocations_huge_pages_where_it_helps():
   assert lines[0] == "start ['--flag=1']" and len(lines) == 2
   if applies:
     assert lines[1] == "tunables glibc.malloc.hugetlb=0 eligible 0"
+
+
+def test_flag_ab_refuses_a_flag_xla_does_not_know_before_any_round():
+  """A misspelt or retired XLA flag aborts JAX at start-up; the A/B must say so up front, with
+  XLA's message, rather than spend its rounds on processes that exit 1."""
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments", "benchmarks"))
+  try:
+    import flag_ab
+  finally:
+    sys.path.pop(0)
+  from absl import app
+  flag_ab.check_setting("A", "", {})  # JAX's defaults start
+  with pytest.raises(app.UsageError, match=r"setting B .*xla_cpu_no_such_flag"):
+    flag_ab.check_setting("B", "--xla_cpu_no_such_flag=true", {})

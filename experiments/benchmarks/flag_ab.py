@@ -51,11 +51,30 @@ def parse_env(pairs: list[str], flag: str) -> dict[str, str]:
   return dict(p.split("=", 1) for p in pairs)
 
 
+def setting_env(flags_value: str, extra_env: dict[str, str]) -> dict[str, str]:
+  """The environment of a setting: ``XLA_FLAGS += flags_value``, then ``extra_env``."""
+  env = {**os.environ, **extra_env}
+  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags_value}".strip()
+  return env
+
+
+def check_setting(name: str, flags_value: str, extra_env: dict[str, str]) -> None:
+  """Starts JAX under the setting and runs one tiny computation, so that a flag XLA does not
+  know (it aborts the process) fails here in seconds, with XLA's message, before any round."""
+  done = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; "
+                         "jnp.zeros(2).sum().block_until_ready()"],
+                        env=setting_env(flags_value, extra_env), capture_output=True, text=True)
+  if done.returncode:
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    why = next((ln for ln in reversed(lines) if "flag" in ln.lower()), lines[-1] if lines else "")
+    raise app.UsageError(f"setting {name} ({flags_value or '-'}): JAX did not start "
+                         f"(exit {done.returncode}): {why.strip()[:300]}")
+
+
 def run_once(flags_value: str, extra_env: dict[str, str]) -> dict:
   """One process of train_throughput.py for the config under ``XLA_FLAGS += flags_value`` and
   ``extra_env``."""
-  env = {**os.environ, **extra_env}
-  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags_value}".strip()
+  env = setting_env(flags_value, extra_env)
   with tempfile.TemporaryDirectory() as tmp:
     row_file = pathlib.Path(tmp) / "row.json"
     cmd = [sys.executable, str(HERE / "train_throughput.py"), f"--configs={FLAGS.config}",
@@ -73,6 +92,8 @@ def main(argv):
   del argv
   settings = {"A": FLAGS.a, "B": FLAGS.b}
   envs = {"A": parse_env(FLAGS.a_env, "a_env"), "B": parse_env(FLAGS.b_env, "b_env")}
+  for name, value in settings.items():
+    check_setting(name, value, envs[name])
   times = {k: [] for k in settings}
   rows = []
   for r in range(FLAGS.rounds):
