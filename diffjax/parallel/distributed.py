@@ -55,8 +55,15 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
 #   Adam moment at the start of a data-parallel step (429 MB per device for that UNet; no
 #   copies on one device) instead of updating the donated state in place.
 # Both together: 3.46 -> 3.33 s per UNet step, 168 -> 163 ms for the digits model.
+# * Rematerialisation: XLA:CPU's pass `cse_barrier_expander` removes the optimisation barriers
+#   `jax.checkpoint` puts around what it recomputes, before common-subexpression elimination
+#   runs, so the recomputation merged back into the forward pass and `model.kwargs.remat` saved
+#   nothing (UNet, batch 8 per device: 650 MB of temporaries with and without). Without that
+#   pass: 409 MB with `full` or `dots` (experiments/benchmarks/remat_cpu.md). A program without
+#   barriers (no remat) compiles as before.
 CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-individual_dot",
-                 "xla_cpu_copy_insertion_use_region_analysis": "true"}
+                 "xla_cpu_copy_insertion_use_region_analysis": "true",
+                 "xla_disable_hlo_passes": "cse_barrier_expander"}
 # The jaxlib these flags were measured with (0.9.2 and 0.10.0 do not use YNNPACK for
 # convolutions anyway; XLA aborts on a flag it does not know).
 CPU_XLA_FLAGS_SINCE = (0, 10, 2)
