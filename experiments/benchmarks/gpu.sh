@@ -2,6 +2,7 @@
 # The GPU measurements of issue 6 in one command, on a machine with one NVIDIA GPU:
 #   bash experiments/benchmarks/gpu.sh [cudnn|xla] [configs] [more train_throughput.py flags]
 #   bash experiments/benchmarks/gpu.sh ab [flag_ab.py flags]   (XLA_FLAGS A/B, e.g. command buffers)
+#   bash experiments/benchmarks/gpu.sh remat [remat_memory.py flags]  (what remat saves, compile only)
 # Train-step images/s, MFU (XLA cost analysis / the chip's peak) and diffjax-vs-PyTorch
 # (diffusers' twin networks, same batch, same run) for the DDPM CIFAR-10 UNet and DiT-B/2 and
 # DiT-XL/2 on ImageNet-256 latent shapes, all in bf16. Writes
@@ -22,6 +23,13 @@ if [ "${1:-}" = ab ]; then
   shift
   python3 experiments/benchmarks/flag_ab.py "$@"
   if [ -n "${OUT:-}" ]; then cp experiments/benchmarks/ab_*.md experiments/benchmarks/ab_*.json "$OUT/"; fi
+  exit
+fi
+if [ "${1:-}" = remat ]; then
+  shift
+  python3 experiments/benchmarks/remat_memory.py --dtype bfloat16 \
+    --configs cifar10_ddpm@128,dit_xl2_latent@128 --policies=,full,dots "$@"
+  if [ -n "${OUT:-}" ]; then cp experiments/benchmarks/remat_*.md experiments/benchmarks/remat_*.json "$OUT/"; fi
   exit
 fi
 attention=${1:-cudnn}
