@@ -7,7 +7,8 @@ second device and the gradient collectives. Each case runs in a fresh process.
   of cifar10_ddpm on the host's two devices (16 images), for no tunable, huge pages (what
   ``diffjax/host.py`` sets) and a single arena with a 1 GiB mmap threshold and no trimming.
 * The second device: one device with 8 images pinned to core 0 alone, then two such processes
-  at once (cores 0 and 1), against the data-parallel step above.
+  at once (cores 0 and 1), against the data-parallel step above; and the same for the PyTorch
+  twin: one thread with 8 images on core 0, two threads with 16 images.
 * Collectives: psum, reduce-scatter + all-gather, and an elementwise pass over the UNet's
   143 MB of gradients between two devices.
 * The copy XLA:CPU makes of a 3x3x512x256 kernel for an input gradient (flip + transpose)
@@ -62,6 +63,20 @@ def child_step(devices: int) -> dict:
           "system_s": round(per_step("ru_stime"), 2)}
 
 
+def child_torch(threads: int) -> dict:
+  """Step time of the PyTorch twin of cifar10_ddpm with ``threads`` threads, 8 images each."""
+  import torch
+
+  import train_throughput
+  from diffjax.spec import build_spec
+  train_throughput.FLAGS(["cpu_breakdown"])
+  config = train_throughput.bench_config("cifar10_ddpm", 8 * threads, {})
+  twin = train_throughput.TorchStep(build_spec(config, num_devices=1, check_network=False))
+  torch.set_num_threads(threads)
+  windows = [twin.run(2) for _ in range(3)]
+  return {"step_ms": round(statistics.median(windows) * 1e3, 1)}
+
+
 def child_collectives() -> dict:
   from diffjax.parallel.distributed import tune_cpu_xla_flags
   tune_cpu_xla_flags()
@@ -110,7 +125,9 @@ def read(proc) -> dict:
 def main():
   if len(sys.argv) > 1:
     part = sys.argv[1]
-    print(json.dumps(child_collectives() if part == "collectives" else child_step(int(part))))
+    print(json.dumps(child_collectives() if part == "collectives" else
+                     child_torch(int(part[5:])) if part.startswith("torch") else
+                     child_step(int(part))))
     return
   results = {"glibc": {}, "second device": {}}
   for name, tunables in GLIBC_CASES.items():
@@ -124,6 +141,8 @@ def main():
       "step_ms": [r["step_ms"] for r in together]}
   second["data parallel, 2 devices, 16 images (huge pages)"] = {
       "step_ms": results["glibc"]["huge pages"]["step_ms"]}
+  second["PyTorch twin, one thread, 8 images, core 0"] = spawn("torch1", HUGE, cores="0")
+  second["PyTorch twin, two threads, 16 images"] = spawn("torch2", HUGE)
   print(second, flush=True)
   results["microbenchmarks_ms"] = spawn("collectives", HUGE)
   (HERE / "cpu_breakdown.json").write_text(json.dumps(results, indent=1))
