@@ -32,14 +32,19 @@ SETTINGS = {
 PARTS = ("forward", "input grad", "weight grad")
 
 
-def best_ms(fn, calls: int = 7) -> float:
+def call_times(fn, calls: int = 7) -> list[float]:
+  """Seconds of each of ``calls`` calls of ``fn`` after one warm-up call."""
   fn()
   times = []
   for _ in range(calls):
     t0 = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t0)
-  return min(times) * 1e3
+  return times
+
+
+def best_ms(fn, calls: int = 7) -> float:
+  return min(call_times(fn, calls)) * 1e3
 
 
 def data(shape):

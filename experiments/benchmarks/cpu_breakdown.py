@@ -23,7 +23,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -37,13 +36,8 @@ GLIBC_CASES = {"none": "glibc.malloc.hugetlb=0", "huge pages": HUGE,
 
 
 def median_ms(fn, calls: int = 7) -> float:
-  fn()
-  times = []
-  for _ in range(calls):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return round(statistics.median(times) * 1e3, 1)
+  from conv_cpu import call_times
+  return round(statistics.median(call_times(fn, calls)) * 1e3, 1)
 
 
 def child_step(devices: int) -> dict:
