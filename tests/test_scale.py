@@ -162,14 +162,18 @@ def test_remat_changes_memory_not_results():
   assert temp_remat < 0.8 * temp_plain, (temp_remat, temp_plain)
 
 
-def _compiled_temp_bytes(spec, setup, devices=2):
+def _compiled_step(spec, setup, devices=2):
+  """The data-parallel train step compiled for the spec's batch shape (nothing runs)."""
   mesh = parallel.make_mesh({"data": devices, "fsdp": 1, "tensor": 1}, jax.devices()[:devices])
   d, split = spec.data, parallel.batch_sharding(mesh)
   batch = {"image": jax.ShapeDtypeStruct((d.batch_size, d.image_size, d.image_size, d.channels),
                                          np.float32, sharding=split),
            "label": jax.ShapeDtypeStruct((d.batch_size,), np.int32, sharding=split)}
-  compiled = jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).compile()
-  return compiled.memory_analysis().temp_size_in_bytes
+  return jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).compile()
+
+
+def _compiled_temp_bytes(spec, setup):
+  return _compiled_step(spec, setup).memory_analysis().temp_size_in_bytes
 
 
 def test_estimate_counts_flops_memory_and_time(tmp_path):
@@ -255,13 +259,9 @@ def test_cpu_xla_flags_are_added_once_never_over_the_users_and_take_effect(monke
   # analysis this data-parallel step copied every parameter and Adam moment first (438 copies;
   # none on one device).
   spec = build_spec(default.get_config("tiny"), num_devices=2)
-  mesh = parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
-  setup = setup_state(spec, mesh)
-  d, split = spec.data, parallel.batch_sharding(mesh)
-  batch = {"image": jax.ShapeDtypeStruct((d.batch_size, d.image_size, d.image_size, d.channels),
-                                         np.float32, sharding=split),
-           "label": jax.ShapeDtypeStruct((d.batch_size,), np.int32, sharding=split)}
-  hlo = jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).compile().as_text()
+  setup = setup_state(spec, parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 1},
+                                               jax.devices()[:2]))
+  hlo = _compiled_step(spec, setup).as_text()
   entry = hlo[hlo.index("\nENTRY"):]
   assert re.findall(r"= \S+ copy\(%param", entry) == []
 
