@@ -26,6 +26,11 @@ ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plug
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
 HUGETLB_SINCE = (2, 35)  # the glibc release that added the tunable
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+CPUINFO = "/proc/cpuinfo"
+# x86 vector extensions, widest first: the one a CPU's kernels (XLA's, oneDNN's) can use matters
+# more than its name, e.g. the DDPM UNet's PyTorch ratio differs between AVX-512 and AVX2 hosts.
+VECTOR_ISAS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+               ("sve", "SVE"), ("asimd", "NEON"))
 
 
 def cpu_only_host(environ: Mapping[str, str] = os.environ) -> bool:
@@ -66,6 +71,29 @@ def huge_page_environment(environ: Mapping[str, str], glibc: tuple[int, ...] | N
     return None
   return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables,
                                                              f"{HUGETLB_TUNABLE}=1"]))}
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+  """The host CPU for a results file: model name and widest vector extension, e.g.
+  'AMD EPYC, AVX2'; from ``/proc/cpuinfo`` (or the text given), 'unknown CPU' without it."""
+  if cpuinfo is None:
+    try:
+      with open(CPUINFO) as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  fields = {}
+  for line in cpuinfo.splitlines():  # the first processor's block is enough
+    key, sep, value = line.partition(":")
+    if not sep:
+      if fields:
+        break
+      continue
+    fields.setdefault(key.strip(), value.strip())
+  name = fields.get("model name") or fields.get("Hardware") or "unknown CPU"
+  flags = set((fields.get("flags") or fields.get("Features") or "").split())
+  isa = next((label for flag, label in VECTOR_ISAS if flag in flags), None)
+  return f"{name}, {isa}" if isa else name
 
 
 def reexec_with_huge_pages() -> None:

@@ -292,6 +292,19 @@ def test_huge_page_environment_only_where_it_helps():
   assert host.huge_page_environment(host.huge_page_environment({}, **helps), **helps) is None
 
 
+def test_cpu_description_names_model_and_widest_vector_isa():
+  def info(*blocks):
+    return "\n\n".join("\n".join(f"{k}\t: {v}" for k, v in b.items()) for b in blocks)
+  intel = {"processor": "0", "model name": "Intel(R) Xeon(R) CPU @ 2.60GHz",
+           "flags": "fpu sse2 avx avx2 avx512f avx512bw", "power management": ""}
+  amd = {"processor": "0", "model name": "AMD EPYC", "flags": "fpu sse2 avx avx2 fma"}
+  assert host.cpu_description(info(intel, amd)) == "Intel(R) Xeon(R) CPU @ 2.60GHz, AVX-512"
+  assert host.cpu_description(info(amd, intel)) == "AMD EPYC, AVX2"  # the first CPU's block
+  assert host.cpu_description(info({"processor": "0", "Features": "fp asimd sve"})) == (
+      "unknown CPU, SVE")
+  assert host.cpu_description("") == "unknown CPU"
+
+
 # Run as `python -c CHILD arg`: says each start, then whether the kernel may back a fresh
 # 64 MiB numpy array with huge pages (the "THPeligible" line of the mapping that holds it).
 CHILD = """

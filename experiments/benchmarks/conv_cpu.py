@@ -23,6 +23,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from diffjax.host import cpu_description  # noqa: E402
+
 # (batch, height = width, in channels, out channels): the UNet's 3x3 convolutions by level.
 SHAPES = [(8, 32, 128, 128), (8, 16, 256, 256), (8, 8, 256, 256), (8, 4, 256, 256),
           (8, 32, 3, 128), (8, 32, 128, 3)]
@@ -117,12 +120,13 @@ def main():
   import torch
   import jax
   meta = {"machine": platform.processor() or platform.machine(), "cores_used": 1,
+          "host_cpu": cpu_description(),
           "jax": jax.__version__, "torch": torch.__version__, "results": results}
   out = pathlib.Path(__file__).parent
   (out / "conv_cpu.json").write_text(json.dumps(meta, indent=1))
   names = list(results)
-  lines = [f"3x3 convolution, NHWC float32, one core (jax {jax.__version__}, torch "
-           f"{torch.__version__}); best of 7 calls, ms", "",
+  lines = [f"3x3 convolution, NHWC float32, one core of {meta['host_cpu']} (jax "
+           f"{jax.__version__}, torch {torch.__version__}); best of 7 calls, ms", "",
            "| shape (N, H=W, Cin, Cout) | part | " + " | ".join(names) + " |",
            "|---|---|" + "---|" * len(names)]
   totals = {n: 0.0 for n in names}

@@ -27,6 +27,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
+from diffjax.host import cpu_description  # noqa: E402
 
 HUGE = "glibc.malloc.hugetlb=1"
 GLIBC_CASES = {"none": "glibc.malloc.hugetlb=0", "huge pages": HUGE,
@@ -140,7 +141,9 @@ def main():
   print(second, flush=True)
   results["microbenchmarks_ms"] = spawn("collectives", HUGE)
   (HERE / "cpu_breakdown.json").write_text(json.dumps(results, indent=1))
-  lines = ["cifar10_ddpm train step on this CPU host; per step: median of 3 windows of 2 steps "
+  results["host_cpu"] = cpu_description()
+  lines = [f"cifar10_ddpm train step on this CPU host ({os.cpu_count()} cores of "
+           f"{results['host_cpu']}); per step: median of 3 windows of 2 steps "
            "(fresh process each)", "",
            "| GLIBC_TUNABLES | step ms | page faults | user s | system s |",
            "|---|---|---|---|---|"]

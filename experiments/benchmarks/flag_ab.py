@@ -26,6 +26,9 @@ import tempfile
 
 from absl import app, flags
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from diffjax.host import cpu_description  # noqa: E402
+
 flags.DEFINE_string("config", "cifar10_ddpm", "a train_throughput.py row name "
                     "(module[@batch][+path=value])")
 flags.DEFINE_string("a", "", "XLA_FLAGS of setting A (added to the environment's)")
@@ -107,12 +110,15 @@ def main(argv):
   median = {k: statistics.median(v) if v else None for k, v in times.items()}
   ratio = (round(median["A"] / median["B"], 3) if median["A"] and median["B"] else None)
   device = next((r.get("device") for r in rows if r.get("device")), None)
-  meta = {"config": FLAGS.config, "settings": settings, "environment": envs, "rows": rows,
+  host_cpu = cpu_description()
+  meta = {"host_cpu": host_cpu, "config": FLAGS.config, "settings": settings,
+          "environment": envs, "rows": rows,
           "median_step_ms": median,
           "b_speedup_over_a": ratio, "steps": FLAGS.steps, "windows": FLAGS.windows,
           "device": device}
   (HERE / f"{FLAGS.results}.json").write_text(json.dumps(meta, indent=1))
-  lines = [f"A/B of settings on `{FLAGS.config}`, {device} ({FLAGS.rounds} rounds of A then B, "
+  lines = [f"A/B of settings on `{FLAGS.config}`, {device} (host: {os.cpu_count()} cores of "
+           f"{host_cpu}; {FLAGS.rounds} rounds of A then B, "
            f"each a fresh process; step time = median of {FLAGS.windows} windows of "
            f"{FLAGS.steps} steps)", "",
            "| setting | XLA_FLAGS | environment | step ms by round | median step ms |",

@@ -447,9 +447,12 @@ def main(argv):
     print(json.dumps(row), flush=True)
     rows.append(row)
   scaling = weak_scaling(FLAGS.configs[0], [int(n) for n in FLAGS.scaling]) if FLAGS.scaling else []
+  from diffjax.host import cpu_description
   backend, device = jax.default_backend(), jax.devices()[0].device_kind
+  host_cpu = cpu_description()  # the ratio to PyTorch on CPU depends on it (AVX-512 vs AVX2)
   meta = {"backend": backend, "device": device, "jax": jax.__version__,
-          "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": rows,
+          "cpu_count": os.cpu_count(), "machine": platform.machine(), "host_cpu": host_cpu,
+          "rows": rows,
           "weak_scaling": scaling, "steps": FLAGS.steps, "windows": FLAGS.windows,
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
   out = pathlib.Path(__file__).parent
@@ -458,8 +461,9 @@ def main(argv):
   cols = ["config", "model", "params_M", "image", "batch", "dtype", "devices", "step_ms",
           "images_per_s", "torch_images_per_s", "speedup_vs_torch", "mfu",
           "sample_images_per_s", "memory_mb_per_device", "compile_s", "error"]
-  lines = [f"Train-step throughput on {device} ({backend}, {os.cpu_count()} cores, jax "
-           f"{jax.__version__}); PyTorch = diffusers' twin network, same batch, same run"
+  lines = [f"Train-step throughput on {device} ({backend}; host: {os.cpu_count()} cores of "
+           f"{host_cpu}; jax {jax.__version__}); PyTorch = diffusers' twin network, same batch, "
+           "same run"
            + (f"; GLIBC_TUNABLES={meta['glibc_tunables']} (both frameworks)"
               if meta["glibc_tunables"] else ""), "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
