@@ -1,6 +1,7 @@
 """XLA:CPU's convolution kernels against PyTorch's (oneDNN), one 3x3 convolution at a time.
 
   python experiments/benchmarks/conv_cpu.py      # writes conv_cpu.{md,json} beside this file
+  python experiments/benchmarks/conv_cpu.py --results conv_cpu_avx2   # another file stem
 
 For each shape of the DDPM CIFAR-10 UNet (batch 8 = one device's share of the CPU benchmark's
 16, NHWC, float32): the forward convolution, the input gradient and the weight gradient, each a
@@ -105,6 +106,7 @@ def main():
   if len(sys.argv) > 1 and sys.argv[1] == "--child":
     print(json.dumps(child([tuple(s) for s in json.loads(sys.argv[2])])))
     return
+  stem = sys.argv[2] if len(sys.argv) > 2 and sys.argv[1] == "--results" else "conv_cpu"
   results = {}
   for name, flag in SETTINGS.items():
     env = dict(os.environ, JAX_PLATFORMS="cpu",
@@ -123,7 +125,7 @@ def main():
           "host_cpu": cpu_description(),
           "jax": jax.__version__, "torch": torch.__version__, "results": results}
   out = pathlib.Path(__file__).parent
-  (out / "conv_cpu.json").write_text(json.dumps(meta, indent=1))
+  (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
   names = list(results)
   lines = [f"3x3 convolution, NHWC float32, one core of {meta['host_cpu']} (jax "
            f"{jax.__version__}, torch {torch.__version__}); best of 7 calls, ms", "",
@@ -137,7 +139,7 @@ def main():
         totals[n] += v
       lines.append(f"| {s} | {p} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
   lines.append("| all | all | " + " | ".join(f"**{totals[n]:.1f}**" for n in names) + " |")
-  (out / "conv_cpu.md").write_text("\n".join(lines) + "\n")
+  (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
 

@@ -2,6 +2,7 @@
 second device and the gradient collectives. Each case runs in a fresh process.
 
   python experiments/benchmarks/cpu_breakdown.py      # writes cpu_breakdown.{md,json} here
+  python experiments/benchmarks/cpu_breakdown.py --results cpu_breakdown_avx2   # another stem
 
 * glibc settings (``GLIBC_TUNABLES``): step time, page faults, user and system CPU time per step
   of cifar10_ddpm on the host's two devices (16 images), for no tunable, huge pages (what
@@ -118,12 +119,13 @@ def read(proc) -> dict:
 
 
 def main():
-  if len(sys.argv) > 1:
+  if len(sys.argv) > 1 and sys.argv[1] != "--results":  # a child: one part
     part = sys.argv[1]
     print(json.dumps(child_collectives() if part == "collectives" else
                      child_torch(int(part[5:])) if part.startswith("torch") else
                      child_step(int(part))))
     return
+  stem = sys.argv[2] if len(sys.argv) > 2 else "cpu_breakdown"
   results = {"glibc": {}, "second device": {}}
   for name, tunables in GLIBC_CASES.items():
     results["glibc"][name] = row = {"GLIBC_TUNABLES": tunables, **spawn("2", tunables)}
@@ -140,7 +142,7 @@ def main():
   second["PyTorch twin, two threads, 16 images"] = spawn("torch2", HUGE)
   print(second, flush=True)
   results["microbenchmarks_ms"] = spawn("collectives", HUGE)
-  (HERE / "cpu_breakdown.json").write_text(json.dumps(results, indent=1))
+  (HERE / f"{stem}.json").write_text(json.dumps(results, indent=1))
   results["host_cpu"] = cpu_description()
   lines = [f"cifar10_ddpm train step on this CPU host ({os.cpu_count()} cores of "
            f"{results['host_cpu']}); per step: median of 3 windows of 2 steps "
@@ -154,7 +156,7 @@ def main():
   lines += ["", "| microbenchmark (collectives: 143 MB on 2 devices; copies: one kernel) | ms |",
             "|---|---|"]
   lines += [f"| {k} | {v} |" for k, v in results["microbenchmarks_ms"].items()]
-  (HERE / "cpu_breakdown.md").write_text("\n".join(lines) + "\n")
+  (HERE / f"{stem}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
 
