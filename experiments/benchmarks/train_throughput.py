@@ -7,8 +7,9 @@ parameters in both; diffusers' ``DiTTransformer2DModel`` for DiT configs) on the
 shape with the same update (clipping, Adam, EMA: see ``TorchStep``), so the ratio holds on a
 noisy machine; each window starts with one untimed step. Also: the denoiser's forward rate
 (sampling NFE/s, images/s for the config's sampler steps), model FLOPs per step from XLA's cost
-analysis and, given the device's peak (``--peak_tflops``, default by device kind), the model
-FLOPs utilisation; weak scaling over 1, 2, 4, ... devices (``--scaling``).
+analysis and, given the device's peak (``--peak_tflops``, default by device kind; on a CPU,
+the best dense matmul rate of all its cores, measured in the run: ``measured_host_peak``), the
+model FLOPs utilisation of diffjax and of the PyTorch twin; weak scaling over 1, 2, 4, ... devices (``--scaling``).
 
 Writes ``results_<backend>.json`` and ``results_<backend>.md`` beside this file.
 
@@ -57,6 +58,8 @@ flags.DEFINE_string("results", "", "file stem of the results beside this script 
                     "(default results_<backend>)")
 flags.DEFINE_bool("isolate", False, "time each framework of each row in a process of its own")
 flags.DEFINE_enum("only", "", ["", "jax", "torch"], "time one framework only (used by --isolate)")
+flags.DEFINE_list("torch_matmul", [], "dtype,n,calls: print the best time of a PyTorch matmul "
+                  "on all cores and exit (measured_host_peak's child)")
 flags.DEFINE_string("row_file", "", "write the row as JSON here and nothing else (--isolate)")
 flags.DEFINE_string("profile_dir", "", "write a jax.profiler trace of 3 diffjax steps per row")
 flags.DEFINE_string("attention", "", "DiT attention for jax.nn.dot_product_attention "
@@ -122,10 +125,65 @@ def latent_spec(name: str, spec):
 
 
 def peak_tflops(device_kind: str) -> float:
+  """Per device: ``--peak_tflops``, else the table's number for the kind, else 0 (unknown)."""
   if FLAGS.peak_tflops:
     return FLAGS.peak_tflops
   kind = device_kind.lower()
   return next((v for k, v in PEAK_TFLOPS.items() if k in kind), 0.0)
+
+
+_HOST_PEAK = {}
+
+
+def measured_host_peak(dtype: str, n: int = 1024, calls: int = 20) -> dict:
+  """The best dense matmul rate of all of this host's CPU cores at once, in TFLOP/s.
+
+  CPUs have no spec-sheet peak here (clocks and vector units vary by host), so CPU rows take
+  MFU against what the cores reach on the friendliest workload: every XLA device multiplying
+  its own n x n matrices at once (XLA's dot kernel, under this process's XLA flags), and
+  PyTorch's ``torch.matmul`` on all cores when it is installed (in a child process, so its
+  thread pool does not linger in this one); the higher of the two. Best of ``calls`` after a
+  warm-up; measured once per process and dtype."""
+  if dtype in _HOST_PEAK:
+    return _HOST_PEAK[dtype]
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax.sharding import NamedSharding, PartitionSpec
+  devices = jax.devices()
+  mesh = jax.sharding.Mesh(np.array(devices), ("d",))
+  split = NamedSharding(mesh, PartitionSpec("d"))
+  a = jax.device_put(jnp.ones((len(devices), n, n), dtype), split)
+  f = jax.jit(lambda a: jnp.einsum("bij,bjk->bik", a, a), out_shardings=split)
+  flop = 2.0 * n ** 3 * len(devices)
+  rates = {"xla": flop / _best_seconds(lambda: jax.block_until_ready(f(a)), calls) / 1e12}
+  import importlib.util
+  import subprocess
+  if importlib.util.find_spec("torch"):
+    done = subprocess.run([sys.executable, __file__, f"--torch_matmul={dtype},{n},{calls}"],
+                          capture_output=True, text=True)
+    if done.returncode == 0:
+      rates["torch"] = flop / len(devices) / float(done.stdout.split()[-1]) / 1e12
+  _HOST_PEAK[dtype] = {"tflops": max(rates.values()), "by_library": rates, "n": n}
+  return _HOST_PEAK[dtype]
+
+
+def torch_matmul_seconds(dtype: str, n: int, calls: int) -> float:
+  """Best time of one n x n ``torch.matmul`` on all cores (``--torch_matmul``'s child)."""
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  t = torch.ones(n, n, dtype=getattr(torch, dtype))
+  return _best_seconds(lambda: torch.matmul(t, t), calls)
+
+
+def _best_seconds(fn, calls: int) -> float:
+  fn()
+  best = float("inf")
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
 
 
 def bench_config(name: str, batch: int | None, overrides: dict):
@@ -352,8 +410,16 @@ def measure_isolated(label: str) -> dict:
       part = {"config": label, "error" if only == "jax" else "torch":
               f"{only} process exited {done.returncode}"}
     row.update(part)
+  return add_torch_ratio(row)
+
+
+def add_torch_ratio(row: dict) -> dict:
+  """diffjax's speed over PyTorch's and, where the row has an MFU, the twin's MFU (same model
+  FLOPs, same peak) from the two step times."""
   if "torch_step_ms" in row and "step_ms" in row:
     row["speedup_vs_torch"] = round(row["torch_step_ms"] / row["step_ms"], 2)
+    if row.get("mfu"):
+      row["torch_mfu"] = round(row["mfu"] * row["step_ms"] / row["torch_step_ms"], 4)
   return row
 
 
@@ -375,6 +441,10 @@ def measure(label: str) -> dict:
   b = spec.data.batch_size
   device = jax.devices()[0]
   peak = peak_tflops(device.device_kind) * jax.device_count()
+  host_peak = None
+  if not peak and device.platform == "cpu":
+    host_peak = measured_host_peak(spec.model.dtype)
+    peak = host_peak["tflops"]
   nfe_per_s = ours.forward_rate(FLAGS.steps)
   row = {"config": label, "model": spec.model.name, "params_M": round(ours.params_m, 2),
          "image": f"{spec.data.image_size}x{spec.data.image_size}x{spec.data.channels}",
@@ -390,19 +460,21 @@ def measure(label: str) -> dict:
                                       (2 if spec.sample.guidance_scale != 1 else 1), 4),
          "sample_steps": spec.sample.num_steps,
          "step_ms_by_window": [round(t * 1e3, 1) for t in our_times]}
+  if host_peak:
+    row.update(peak_tflops_measured=round(host_peak["tflops"], 4),
+               peak_by_library={k: round(v, 4) for k, v in host_peak["by_library"].items()})
   if twin:
     torch_s = statistics.median(torch_times)
     by_window = [t / o for o, t in zip(our_times, torch_times)]
     row.update(torch_params_M=round(twin.params_m, 2), torch_step_ms=round(torch_s * 1e3, 1),
                torch_images_per_s=round(b / torch_s, 1),
-               speedup_vs_torch=round(torch_s / step_s, 2),
                torch_step_ms_by_window=[round(t * 1e3, 1) for t in torch_times],
                speedup_range=[round(min(by_window), 3), round(max(by_window), 3)])
   elif why_not:
     row["torch"] = why_not
   if FLAGS.profile_dir:
     ours.profile(os.path.join(FLAGS.profile_dir, re.sub(r"[^A-Za-z0-9._-]", "_", label)))
-  return row
+  return add_torch_ratio(row)
 
 
 def weak_scaling(name: str, counts) -> list[dict]:
@@ -427,6 +499,10 @@ def main(argv):
   if os.environ.get("JAX_PLATFORMS", "") in ("", "cpu"):
     from diffjax.parallel.distributed import split_host_into_devices
     split_host_into_devices(max([16] + [int(n) for n in FLAGS.scaling]))
+  if FLAGS.torch_matmul:
+    dtype, n, calls = FLAGS.torch_matmul
+    print(torch_matmul_seconds(dtype, int(n), int(calls)))
+    return
   if FLAGS.row_file:  # a child of --isolate: one row, no tables
     label = FLAGS.configs[0]
     try:
@@ -459,7 +535,7 @@ def main(argv):
   stem = FLAGS.results or f"results_{backend}"
   (out / f"{stem}.json").write_text(json.dumps(meta, indent=1))
   cols = ["config", "model", "params_M", "image", "batch", "dtype", "devices", "step_ms",
-          "images_per_s", "torch_images_per_s", "speedup_vs_torch", "mfu",
+          "images_per_s", "torch_images_per_s", "speedup_vs_torch", "mfu", "torch_mfu",
           "sample_images_per_s", "memory_mb_per_device", "compile_s", "error"]
   lines = [f"Train-step throughput on {device} ({backend}; host: {os.cpu_count()} cores of "
            f"{host_cpu}; jax {jax.__version__}); PyTorch = diffusers' twin network, same batch, "
@@ -469,6 +545,12 @@ def main(argv):
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(str(r.get(c, "-") if r.get(c) is not None else "-") for c in cols)
             + " |" for r in rows]
+  peaks = sorted({(r["dtype"], r["peak_tflops_measured"], json.dumps(r["peak_by_library"]))
+                  for r in rows if r.get("peak_tflops_measured")})
+  if peaks:
+    lines += ["", "MFU on CPU: model FLOPs per second over the best dense matmul rate of all "
+              "cores at once, measured in the same process (`measured_host_peak`): "
+              + "; ".join(f"{dt} {p} TFLOP/s (by library: {lib})" for dt, p, lib in peaks)]
   if scaling:
     lines += ["", f"Weak scaling of {FLAGS.configs[0]} (same batch per device):", "",
               "| devices | batch | images/s | efficiency |", "|---|---|---|---|"]
