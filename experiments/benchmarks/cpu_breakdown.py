@@ -142,8 +142,8 @@ def main():
   second["PyTorch twin, two threads, 16 images"] = spawn("torch2", HUGE)
   print(second, flush=True)
   results["microbenchmarks_ms"] = spawn("collectives", HUGE)
-  (HERE / f"{stem}.json").write_text(json.dumps(results, indent=1))
   results["host_cpu"] = cpu_description()
+  (HERE / f"{stem}.json").write_text(json.dumps(results, indent=1))
   lines = [f"cifar10_ddpm train step on this CPU host ({os.cpu_count()} cores of "
            f"{results['host_cpu']}); per step: median of 3 windows of 2 steps "
            "(fresh process each)", "",

@@ -9,7 +9,8 @@ noisy machine; each window starts with one untimed step. Also: the denoiser's fo
 (sampling NFE/s, images/s for the config's sampler steps), model FLOPs per step from XLA's cost
 analysis and, given the device's peak (``--peak_tflops``, default by device kind; on a CPU,
 the best dense matmul rate of all its cores, measured in the run: ``measured_host_peak``), the
-model FLOPs utilisation of diffjax and of the PyTorch twin; weak scaling over 1, 2, 4, ... devices (``--scaling``).
+model FLOPs utilisation of diffjax and of the PyTorch twin; weak scaling over 1, 2, 4, ...
+devices (``--scaling``).
 
 Writes ``results_<backend>.json`` and ``results_<backend>.md`` beside this file.
 
@@ -43,6 +44,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from absl import app, flags  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from conv_cpu import call_times  # noqa: E402  (warm-up call, then each call's seconds)
 
 flags.DEFINE_list("configs", ["default", "mnist:cpu", "mnist", "cifar10_ddpm"],
                   "config modules[:arg]; also dit_b2_latent / dit_xl2_latent (DiT on 32x32x4 "
@@ -146,6 +150,9 @@ def measured_host_peak(dtype: str, n: int = 1024, calls: int = 20) -> dict:
   warm-up; measured once per process and dtype."""
   if dtype in _HOST_PEAK:
     return _HOST_PEAK[dtype]
+  import importlib.util
+  import subprocess
+
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -156,9 +163,7 @@ def measured_host_peak(dtype: str, n: int = 1024, calls: int = 20) -> dict:
   a = jax.device_put(jnp.ones((len(devices), n, n), dtype), split)
   f = jax.jit(lambda a: jnp.einsum("bij,bjk->bik", a, a), out_shardings=split)
   flop = 2.0 * n ** 3 * len(devices)
-  rates = {"xla": flop / _best_seconds(lambda: jax.block_until_ready(f(a)), calls) / 1e12}
-  import importlib.util
-  import subprocess
+  rates = {"xla": flop / min(call_times(lambda: jax.block_until_ready(f(a)), calls)) / 1e12}
   if importlib.util.find_spec("torch"):
     done = subprocess.run([sys.executable, __file__, f"--torch_matmul={dtype},{n},{calls}"],
                           capture_output=True, text=True)
@@ -173,17 +178,7 @@ def torch_matmul_seconds(dtype: str, n: int, calls: int) -> float:
   import torch
   torch.set_num_threads(os.cpu_count())
   t = torch.ones(n, n, dtype=getattr(torch, dtype))
-  return _best_seconds(lambda: torch.matmul(t, t), calls)
-
-
-def _best_seconds(fn, calls: int) -> float:
-  fn()
-  best = float("inf")
-  for _ in range(calls):
-    t0 = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t0)
-  return best
+  return min(call_times(lambda: torch.matmul(t, t), calls))
 
 
 def bench_config(name: str, batch: int | None, overrides: dict):
