@@ -128,6 +128,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # How much of the data / fsdp axis spans TPU slices (multi-slice) or hosts (GPU, CPU): the
+  # axis is dcn_<axis> groups of slices or processes times the rest within each, so only its
+  # collectives cross the slow links. 1: everything within (one slice or host per axis group).
+  c.mesh.dcn_data = 1
+  c.mesh.dcn_fsdp = 1
   # Parameter sharding: data_parallel | fsdp | fsdp_tensor (see diffjax/parallel/rules.py).
   c.mesh.rules = "data_parallel"
   return c

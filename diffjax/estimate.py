@@ -90,6 +90,7 @@ def estimate(config, workdir: str | None = None) -> dict:
   probe_config = config.copy_and_resolve_references()
   probe_config.data.batch_size = probe_batch
   probe_config.train.grad_accum = 1
+  probe_config.mesh.update(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
   probe_spec = build_spec(probe_config, num_devices=1, check_network=False)
   mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
   setup = setup_state(probe_spec, mesh, parallel.DATA_PARALLEL_RULES)

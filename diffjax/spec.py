@@ -22,6 +22,7 @@ LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 FEATURE_NETS = ("inception", "domain")
 MESH_AXES = ("data", "fsdp", "tensor")
+DCN_AXES = ("data", "fsdp")  # mesh axes that may span TPU slices or hosts (mesh.dcn_<axis>)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,7 @@ class FaultSpec:
 class MeshSpec:
   shape: tuple[tuple[str, int], ...]  # (axis name, size or -1)
   rules: str = "data_parallel"  # parameter sharding rule set (diffjax.parallel.rules)
+  dcn: tuple[tuple[str, int], ...] = ()  # (axis, how much of it spans slices / hosts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,14 +218,15 @@ def _check_network(model, data: DataSpec, conditional: bool) -> None:
                      f"{data.channels} images: {type(e).__name__}: {str(e).splitlines()[0]}")
 
 
-def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
+def build_spec(config, *, num_devices: int = 1, num_processes: int | None = None,
                check_network: bool = True) -> ExperimentSpec:
   """Validates a config and returns its typed spec.
 
   Args:
     config: the experiment ConfigDict (see configs/base.py).
     num_devices: global device count (batch divisibility, mesh).
-    num_processes: process count (per-process batch).
+    num_processes: process count (per-process batch, groups across hosts); None: not known
+      (a config checked for another machine), the checks that need it are left out.
     check_network: trace the network on the data shape (catches sizes it cannot take).
 
   Raises:
@@ -242,7 +245,7 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
   ck.positive_int(d.num_workers, "data.num_workers", minimum=0)
   ck.positive_int(d.get("prefetch", 1), "data.prefetch", minimum=0)
   if ck.positive_int(d.batch_size, "data.batch_size"):
-    ck.require(d.batch_size % num_processes == 0, "data.batch_size",
+    ck.require(d.batch_size % (num_processes or 1) == 0, "data.batch_size",
                f"{d.batch_size} is not divisible by the {num_processes} processes")
   data = DataSpec(d.source, d.name, d.split, d.data_dir, d.path, d.image_key, d.label_key,
                   d.image_size, d.channels, d.num_classes, bool(d.random_flip), d.batch_size,
@@ -361,14 +364,25 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int = 1,
                      f.bad_records, bool(f.verify_checkpoints),
                      tuple(int(s) for s in f.inject_nan_steps))
 
-  mesh = MeshSpec(tuple((a, config.mesh[a]) for a in MESH_AXES), config.mesh.rules)
+  dcn = tuple((a, config.mesh.get(f"dcn_{a}", 1)) for a in DCN_AXES)
+  mesh = MeshSpec(tuple((a, config.mesh[a]) for a in MESH_AXES), config.mesh.rules, dcn)
   ck.one_of(config.mesh.rules, RULE_SETS, "mesh.rules")
   for axis in MESH_AXES:
     size = config.mesh[axis]
     ck.require(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}",
                f"must be a positive integer or -1, got {size!r}")
+  for axis, across in dcn:
+    ck.positive_int(across, f"mesh.dcn_{axis}")
   if not ck.errors:
     sizes = ck.attempt("mesh", lambda: mesh_size(mesh, num_devices))
+    groups = math.prod(across for _, across in dcn)
+    ck.require(num_processes is None or num_processes % groups == 0, "mesh.dcn_*",
+               f"{groups} groups of slices or hosts do not divide the job's "
+               f"{num_processes} process(es)")
+    for axis, across in dcn:
+      ck.require(not sizes or sizes[axis] % across == 0, f"mesh.dcn_{axis}",
+                 f"{across} does not divide mesh.{axis}={sizes and sizes[axis]} (the part "
+                 f"of the axis across slices or hosts times the part within each)")
     if sizes:
       batch_devices = sizes["data"] * sizes["fsdp"]
       ck.require(d.batch_size % batch_devices == 0, "data.batch_size",

@@ -36,7 +36,15 @@ def log(message: str) -> None:
 
 
 def make_mesh(spec: ExperimentSpec):
-  return parallel.make_mesh(mesh_size(spec.mesh, jax.device_count()))
+  try:
+    return parallel.make_mesh(mesh_size(spec.mesh, jax.device_count()), dcn=dict(spec.mesh.dcn))
+  except ValueError as e:  # the dcn sizes do not match the slices / processes found
+    raise ConfigError(f"mesh: {e}") from e
+
+
+def _across_note(spec: ExperimentSpec) -> str:
+  across = {axis: n for axis, n in spec.mesh.dcn if n > 1}
+  return (f", {across} of it across {parallel.granules(jax.devices())[0]}" if across else "")
 
 
 def data_source(spec: ExperimentSpec, split: str | None = None):
@@ -160,15 +168,15 @@ def train(config, workdir: str) -> dict:
   log(f"experiment {spec.experiment!r}: {spec.model.name} with "
       f"{parameter_count(setup.abstract.params) / 1e6:.2f}M parameters, "
       f"{len(source)} training examples, mesh {dict(mesh.shape)} over {jax.device_count()} "
-      f"device(s) in {jax.process_count()} process(es)")
+      f"device(s) in {jax.process_count()} process(es)" + _across_note(spec))
   table, sizes = parallel.sharding_report(setup.abstract, setup.shardings)
   if is_main:
-    (workdir / "sharding.txt").write_text(table + "\n")
+    (workdir / "sharding.txt").write_text(parallel.mesh_layout(mesh) + "\n\n" + table + "\n")
   offloaded = (f" (+ {sizes['host_mb']:.1f} MB of optimiser state in host memory)"
                if sizes["host_mb"] else "")
   log(f"train state ({spec.mesh.rules} rules): {sizes['total_mb']:.1f} MB in all, "
-      f"{sizes['per_device_mb']:.1f} MB per device{offloaded}; every array's split in "
-      f"{workdir / 'sharding.txt'}")
+      f"{sizes['per_device_mb']:.1f} MB per device{offloaded}; the mesh's devices and every "
+      f"array's split in {workdir / 'sharding.txt'}")
 
   state, restored_step, data_restored = ckpt.restore_latest(setup.abstract, iterator)
   if state is None:

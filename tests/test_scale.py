@@ -74,6 +74,67 @@ def test_every_mesh_trains_like_one_device_and_shards_the_state():
   assert runs["dp2 fsdp2 tensor2"][2] < 0.35 * bytes1
 
 
+class _Device:
+  """What mesh_utils reads of a device, for layouts of hosts and slices this machine lacks."""
+  platform = device_kind = "cpu"
+
+  def __init__(self, id, process_index, slice_index=None):
+    self.id, self.process_index = id, process_index
+    if slice_index is not None:
+      self.slice_index = slice_index
+
+  def __repr__(self):
+    return f"dev{self.id}"
+
+
+def test_dcn_axes_keep_each_host_or_slice_in_one_block_of_its_axis():
+  """mesh.dcn_<axis>: the axis is the groups (processes, or TPU slices when the devices name
+  more than one) times the devices within each, so every other axis's collectives stay inside
+  one host or slice."""
+  # Two hosts of four devices, listed interleaved (the grid must regroup them).
+  hosts = [_Device(i, i // 4) for i in (0, 4, 1, 5, 2, 6, 3, 7)]
+  where = lambda grid, attr: np.vectorize(lambda d: getattr(d, attr))(grid)
+  sizes = {"data": 2, "fsdp": 4, "tensor": 1}
+  hsdp = parallel.device_grid(sizes, hosts, {"data": 2})
+  np.testing.assert_array_equal(where(hsdp, "process_index")[:, :, 0], [[0] * 4, [1] * 4])
+  assert sorted(where(hsdp, "id").ravel()) == list(range(8))
+  fsdp_across = parallel.device_grid(sizes, hosts, {"fsdp": 2})
+  np.testing.assert_array_equal(where(fsdp_across, "process_index")[:, :, 0],
+                                [[0, 0, 1, 1], [0, 0, 1, 1]])
+  # Multi-slice: two slices of two hosts each; the groups are the slices, not the four hosts.
+  pod = [_Device(i, i // 2, slice_index=i // 4) for i in range(8)]
+  assert parallel.granules(pod) == ("slices", 2) and parallel.granules(hosts) == ("processes", 2)
+  np.testing.assert_array_equal(where(parallel.device_grid(sizes, pod, {"data": 2}),
+                                      "slice_index")[:, :, 0], [[0] * 4, [1] * 4])
+  # Without dcn sizes the layout is the one-host layout (the devices' own order on CPU).
+  plain = parallel.device_grid(sizes, [_Device(i, 0) for i in range(8)])
+  np.testing.assert_array_equal(where(plain, "id").ravel(), range(8))
+
+  with pytest.raises(ValueError, match=r"mesh.dcn_data=4 makes 4 groups, but the 8 devices "
+                                       r"are in 2 processes"):
+    parallel.device_grid({"data": 4, "fsdp": 2, "tensor": 1}, hosts, {"data": 4})
+  with pytest.raises(ValueError, match=r"mesh.fsdp=4 is not a multiple of mesh.dcn_fsdp=3"):
+    parallel.device_grid(sizes, hosts, {"fsdp": 3})
+  with pytest.raises(ValueError, match="only .* may span"):
+    parallel.device_grid(sizes, hosts, {"tensor": 2})
+
+
+def test_dcn_sizes_are_checked_before_any_compute():
+  c = default.get_config("tiny")
+  c.mesh.dcn_data = 2
+  with pytest.raises(ConfigError, match=r"mesh.dcn_\*: 2 groups .* the job's 1 process"):
+    build_spec(c, num_devices=8, num_processes=1, check_network=False)
+  c.mesh.dcn_data = 3
+  with pytest.raises(ConfigError, match=r"mesh.dcn_data: 3 does not divide mesh.data=8"):
+    build_spec(c, num_devices=8, check_network=False)  # process count unknown: not checked
+  c.mesh.dcn_data, c.mesh.dcn_fsdp = 2, 0
+  with pytest.raises(ConfigError, match=r"mesh.dcn_fsdp: must be an integer >= 1"):
+    build_spec(c, num_devices=8, num_processes=2, check_network=False)
+  c.mesh.dcn_fsdp = 1
+  assert dict(build_spec(c, num_devices=8, num_processes=2, check_network=False).mesh.dcn) == {
+      "data": 2, "fsdp": 1}
+
+
 def test_sharding_report_adds_up_and_odd_sizes_stay_whole():
   spec = _spec("DiT-tiny")
   mesh = parallel.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})

@@ -3,11 +3,19 @@
 Parameters carry logical axis names (see `diffjax.models.layers`); `logical_shardings` maps
 them to mesh axes by rules, so the same code runs on 1 CPU, 8 fake CPU devices, a GPU or a
 TPU pod. The batch is split over ``("data", "fsdp")``.
+
+Across TPU slices (or GPU/CPU hosts) the links are slower (DCN, Ethernet/InfiniBand) than within
+one (ICI, NVLink). ``dcn`` sizes say how many of an axis's factors span those links: the mesh
+``{"data": 4, "fsdp": 8}`` with ``dcn={"data": 2}`` on two slices of 16 chips is data
+parallelism of 2 within each slice times 2 across them, with FSDP's all-gathers inside a slice.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
+
+import json
+import math
 
 import flax.linen as nn
 import jax
@@ -19,22 +27,77 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
-def make_mesh(sizes: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
-  """A mesh over all (or the given) devices with one size per axis of `MESH_AXES`.
+DCN_AXES = ("data", "fsdp")  # axes that may span slices / hosts (tensor never should)
 
-  ``mesh_utils.create_device_mesh`` orders devices so that inner axes (tensor, fsdp) land on
-  the fastest interconnect on TPU and GPU; on CPU the order is plain.
+
+def granules(devices: Sequence[Any]) -> tuple[str, int]:
+  """What the slow links join: ``("slices", n)`` when the devices belong to more than one TPU
+  slice (multi-slice), else ``("processes", n)`` (GPU and CPU hosts, one process each)."""
+  slices = {getattr(d, "slice_index", None) for d in devices}
+  if len(slices) > 1 and None not in slices:
+    return "slices", len(slices)
+  return "processes", len({d.process_index for d in devices})
+
+
+def device_grid(sizes: Mapping[str, int], devices: Sequence[Any],
+                dcn: Mapping[str, int] | None = None) -> np.ndarray:
+  """The devices arranged as the mesh's array, shape ``[sizes[a] for a in MESH_AXES]``.
+
+  Without ``dcn`` (or with all its sizes 1) ``mesh_utils.create_device_mesh`` orders the
+  devices so that inner axes (tensor, fsdp) land on the fastest interconnect on TPU and GPU; on
+  CPU the order is plain. With ``dcn``, axis ``a`` is ``dcn[a]`` groups of slices or processes
+  (outer) times ``sizes[a] / dcn[a]`` devices within each (``create_hybrid_device_mesh``), so
+  only that axis's collectives cross the slow links.
+
+  Raises:
+    ValueError: naming the sizes that do not fit the devices.
   """
-  devices = list(jax.devices() if devices is None else devices)
+  devices = list(devices)
   shape = tuple(int(sizes[a]) for a in MESH_AXES)
-  if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
                      f"have {len(devices)}")
-  try:
-    grid = mesh_utils.create_device_mesh(shape, devices)
-  except (ValueError, NotImplementedError, AssertionError):  # e.g. topologies it cannot tile
-    grid = np.asarray(devices).reshape(shape)
-  return Mesh(grid, MESH_AXES)
+  dcn = dict(dcn or {})
+  unknown = sorted(set(dcn) - set(DCN_AXES))
+  if unknown:
+    raise ValueError(f"only {DCN_AXES} may span slices or hosts, got dcn sizes for {unknown}")
+  dcn_shape = tuple(int(dcn.get(a, 1)) for a in MESH_AXES)
+  if math.prod(dcn_shape) == 1:
+    try:
+      return mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError, AssertionError):  # topologies it cannot tile
+      return np.asarray(devices).reshape(shape)
+  for axis, size, across in zip(MESH_AXES, shape, dcn_shape):
+    if across < 1 or size % across:
+      raise ValueError(f"mesh.{axis}={size} is not a multiple of mesh.dcn_{axis}={across}")
+  kind, count = granules(devices)
+  if math.prod(dcn_shape) != count:
+    named = " x ".join(f"mesh.dcn_{a}={d}" for a, d in zip(MESH_AXES, dcn_shape) if d > 1)
+    raise ValueError(f"{named} makes {math.prod(dcn_shape)} groups, but the {len(devices)} "
+                     f"devices are in {count} {kind}")
+  inner = tuple(size // across for size, across in zip(shape, dcn_shape))
+  return mesh_utils.create_hybrid_device_mesh(inner, dcn_shape, devices,
+                                              process_is_granule=kind == "processes")
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[Any] | None = None,
+              dcn: Mapping[str, int] | None = None) -> Mesh:
+  """A mesh over all (or the given) devices with one size per axis of `MESH_AXES`
+  (``dcn``: the part of each size that spans slices or hosts, see `device_grid`)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(device_grid(sizes, devices, dcn), MESH_AXES)
+
+
+def mesh_layout(mesh: Mesh) -> str:
+  """Which device (id, process, TPU slice where known) sits at each mesh position, as JSON
+  arrays indexed like the mesh (``data, fsdp, tensor``): where each axis's collectives run."""
+  grid = np.asarray(mesh.devices)
+  field = lambda f: json.dumps(np.vectorize(f, otypes=[int])(grid).tolist(), separators=(",", ":"))
+  lines = [f"mesh {dict(mesh.shape)}", f"device ids: {field(lambda d: d.id)}",
+           f"processes: {field(lambda d: d.process_index)}"]
+  if all(getattr(d, "slice_index", None) is not None for d in grid.flat):
+    lines.append(f"slices: {field(lambda d: d.slice_index)}")
+  return "\n".join(lines)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

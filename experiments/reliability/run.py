@@ -50,6 +50,8 @@ BAD_CONFIGS = [
     ("--config.model.kwargs.ch=-4", "config.model.name / model.kwargs"),
     ("--config.train.grad_accum=3", "config.train.grad_accum"),
     ("--config.mesh.rules=zero3", "config.mesh.rules"),
+    ("--config.mesh.dcn_data=2", "config.mesh.dcn_*"),  # one process: nothing to span
+    ("--config.mesh.dcn_fsdp=0", "config.mesh.dcn_fsdp"),
 ]
 
 
