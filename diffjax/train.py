@@ -59,14 +59,16 @@ def data_source(spec: ExperimentSpec, split: str | None = None):
                                 name=f"{d.source} {d.name or d.path or ''} {split or d.split}")
 
 
-def data_iterator(spec: ExperimentSpec, source, start_batch: int = 0):
-  """This process's checkpointable batch iterator, starting at global batch ``start_batch``."""
+def data_iterator(spec: ExperimentSpec, source, mesh, start_batch: int = 0):
+  """This process's checkpointable batch iterator, starting at global batch ``start_batch``:
+  the rows of every global batch that this process's devices on ``mesh`` hold."""
   d = spec.data
   options = data_lib.PipelineOptions(
       image_size=d.image_size, channels=d.channels, random_flip=d.random_flip,
       batch_size=d.batch_size, num_workers=d.num_workers, seed=spec.train.seed)
-  return iter(data_lib.make_dataset(source, options, process_index=jax.process_index(),
-                                    process_count=jax.process_count(), start_batch=start_batch))
+  rows = parallel.process_batch_rows(mesh.devices, d.batch_size)
+  return iter(data_lib.make_dataset(source, options, process_count=jax.process_count(),
+                                    rows=rows, start_batch=start_batch))
 
 
 def make_sample_generator(setup, spec: ExperimentSpec, mesh) -> Generator:
@@ -162,7 +164,7 @@ def train(config, workdir: str) -> dict:
   mesh = make_mesh(spec)
   setup = setup_state(spec, mesh)
   source = data_source(spec)
-  iterator = data_iterator(spec, source)
+  iterator = data_iterator(spec, source, mesh)
   ckpt = Checkpointer(workdir / "checkpoints", spec.checkpoint,
                       verify=spec.faults.verify_checkpoints, log=log)
   log(f"experiment {spec.experiment!r}: {spec.model.name} with "
@@ -184,7 +186,7 @@ def train(config, workdir: str) -> dict:
   else:
     log(f"resumed from checkpoint at step {restored_step} in {workdir}")
     if not data_restored:
-      iterator = data_iterator(spec, source, start_batch=restored_step)
+      iterator = data_iterator(spec, source, mesh, start_batch=restored_step)
 
   batch_sharding = parallel.batch_sharding(mesh)
 

@@ -1,8 +1,13 @@
 """Sources, converters and Grain pipelines: contents, determinism, resumability, sharding."""
 
 import gzip
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -99,6 +104,77 @@ def test_worker_processes_give_the_same_batches_as_the_main_process():
   b = _take(iter(data.make_dataset(src, _options(num_workers=2))), 5)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
+
+
+KILLED_PARENT = """
+import sys
+from diffjax import data
+opts = data.PipelineOptions(8, 1, False, 16, num_workers=2)
+batches = iter(data.make_dataset(data.digits_source("test"), opts))
+next(batches)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _worker_children(pid: int) -> list[int]:
+  """Multiprocessing worker processes whose parent is ``pid`` (from /proc)."""
+  out = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+        cmdline = pathlib.Path(f"/proc/{entry}/cmdline").read_bytes()
+      except OSError:
+        continue
+      if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+        out.append(int(entry))
+  return out
+
+
+def _alive(pid: int) -> bool:
+  try:
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_worker_processes_exit_when_their_process_is_killed():
+  """A training process killed with SIGKILL cannot stop its Grain workers; they notice and
+  exit (without the check they lived on, idle, for as long as anyone watched)."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], cwd=root, text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+  try:
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.time() + 30  # the second worker may start after the first batch
+    while len(workers := _worker_children(proc.pid)) < 2 and time.time() < deadline:
+      time.sleep(0.2)
+    assert len(workers) == 2, workers
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  deadline = time.time() + 20
+  while time.time() < deadline and any(_alive(w) for w in workers):
+    time.sleep(0.2)
+  left = [w for w in workers if _alive(w)]
+  for w in left:
+    os.kill(w, signal.SIGKILL)
+  assert not left, f"worker processes {left} outlived their killed parent"
+
+
+def test_a_process_reads_exactly_the_rows_its_devices_hold():
+  """Rows in several runs (a mesh that interleaves the processes along the batch) come from
+  the same global batches as one process reads whole."""
+  src = data.digits_source("test")
+  full = _take(iter(data.make_dataset(src, _options())), 3)
+  rows = [0, 1, 8, 9]
+  part = _take(iter(data.make_dataset(src, _options(), process_count=4, rows=rows)), 3)
+  for whole, mine in zip(full, part):
+    np.testing.assert_array_equal(mine["image"], whole["image"][rows])
+  with pytest.raises(ValueError, match="distinct, ascending rows"):
+    data.make_dataset(src, _options(), process_count=4, rows=[8, 0])
 
 
 def test_processes_read_disjoint_slices_of_the_same_global_batches():

@@ -138,37 +138,30 @@ def _two_processes(workdir, args, devices_each):
 
 
 def test_two_processes_train_one_model_like_one_process(tmp_path):
-  """Two processes == one process, in two layouts: FSDP across the processes (one device
-  each, parameters and batch split over both), and hybrid sharding, data parallel across the
-  processes (mesh.dcn_data) with FSDP within each (two devices each). The mesh does not change
-  the results, so one single-process run is the reference for both. Data parallelism alone
-  across two processes runs in test_faults' two-process preemption test."""
+  """Two processes with two CPU devices each == one process with four: FSDP across the
+  processes (mesh.dcn_fsdp=2: parameters, optimiser state and batch split over both) and data
+  parallel within each. Hybrid data-across / FSDP-within layouts are in test_scale (fake
+  hosts); data parallelism alone across two processes runs in test_faults' two-process
+  preemption test."""
   common = [*TINY, "--config.train.num_steps=6", "--config.logging.log_every=1",
-            "--config.sample.at_end=False", "--config.mesh.rules=fsdp"]
-  two_devices = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  launch(*common, "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--workdir",
-         tmp_path / "single", env=two_devices)
+            "--config.sample.at_end=False", "--config.mesh.rules=fsdp", "--config.mesh.data=2",
+            "--config.mesh.fsdp=2"]
+  four_devices = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  launch(*common, "--workdir", tmp_path / "single", env=four_devices)
+  out = _two_processes(tmp_path / "multi", [*common, "--config.mesh.dcn_fsdp=2"], 2)
+  assert ("mesh {'data': 2, 'fsdp': 2, 'tensor': 1} over 4 device(s) in 2 process(es), "
+          "{'fsdp': 2} of it across processes\n") in out
+  total, per_device = map(float, re.search(r"train state \(\w+ rules\): ([\d.]+) MB in all, "
+                                           r"([\d.]+) MB per device", out).groups())
+  assert per_device < 0.6 * total
+  # Where each device sits (sharding.txt): each process holds one half of the fsdp axis, for
+  # both rows of the data axis (a one-host layout would give each process a data row).
+  lines = (tmp_path / "multi" / "sharding.txt").read_text().splitlines()
+  layout = json.loads(next(l for l in lines if l.startswith("processes: "))[11:])
+  np.testing.assert_array_equal(np.array(layout)[:, :, 0], [[0, 1], [0, 1]])
   single = [m["loss"] for m in read_metrics(tmp_path / "single")]
-  assert len(single) == 6
-  layouts = [  # name, devices per process, flags, start-up line, process of each (data, fsdp)
-      ("fsdp_across", 1, ["--config.mesh.data=1", "--config.mesh.fsdp=-1"],
-       "mesh {'data': 1, 'fsdp': 2, 'tensor': 1} over 2 device(s) in 2 process(es)\n", [[0, 1]]),
-      ("hybrid", 2, ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.dcn_data=2"],
-       "mesh {'data': 2, 'fsdp': 2, 'tensor': 1} over 4 device(s) in 2 process(es), "
-       "{'data': 2} of it across processes\n", [[0, 0], [1, 1]]),
-  ]
-  for name, devices_each, flags, mesh_line, processes in layouts:
-    out = _two_processes(tmp_path / name, [*common, *flags], devices_each)
-    assert mesh_line in out, name
-    total, per_device = map(float, re.search(r"train state \(\w+ rules\): ([\d.]+) MB in all, "
-                                             r"([\d.]+) MB per device", out).groups())
-    assert per_device < 0.6 * total, name  # fsdp=2 in both
-    # Where each device sits (sharding.txt): with mesh.dcn_data every fsdp group, and so its
-    # all-gathers, is inside one process.
-    lines = (tmp_path / name / "sharding.txt").read_text().splitlines()
-    layout = json.loads(next(l for l in lines if l.startswith("processes: "))[11:])
-    np.testing.assert_array_equal(np.array(layout)[:, :, 0], processes, err_msg=name)
-    np.testing.assert_allclose([m["loss"] for m in read_metrics(tmp_path / name)], single,
-                               rtol=1e-5, err_msg=name)
-    assert sorted(p.name for p in (tmp_path / name / "checkpoints").iterdir()
-                  if p.name.isdigit()) == ["6"], name
+  multi = [m["loss"] for m in read_metrics(tmp_path / "multi")]
+  assert len(single) == len(multi) == 6
+  np.testing.assert_allclose(multi, single, rtol=1e-5)
+  assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["6"]

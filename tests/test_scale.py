@@ -101,6 +101,12 @@ def test_dcn_axes_keep_each_host_or_slice_in_one_block_of_its_axis():
   fsdp_across = parallel.device_grid(sizes, hosts, {"fsdp": 2})
   np.testing.assert_array_equal(where(fsdp_across, "process_index")[:, :, 0],
                                 [[0, 0, 1, 1], [0, 0, 1, 1]])
+  # The rows of a global batch of 16 each host reads: the rows its devices hold, in one run
+  # when the data axis spans the hosts, in two when the fsdp axis does.
+  rows = lambda grid, p: parallel.process_batch_rows(grid, 16, process_index=p)
+  assert rows(hsdp, 0) == list(range(8)) and rows(hsdp, 1) == list(range(8, 16))
+  assert rows(fsdp_across, 0) == [0, 1, 2, 3, 8, 9, 10, 11]
+  assert rows(fsdp_across, 1) == [4, 5, 6, 7, 12, 13, 14, 15]
   # Multi-slice: two slices of two hosts each; the groups are the slices, not the four hosts.
   pod = [_Device(i, i // 2, slice_index=i // 4) for i in range(8)]
   assert parallel.granules(pod) == ("slices", 2) and parallel.granules(hosts) == ("processes", 2)

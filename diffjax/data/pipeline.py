@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+import os
+import threading
+import time
+from typing import Any, Sequence
 
 import grain
 import numpy as np
@@ -76,66 +79,97 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent(worker_index: int, worker_count: int, poll_s: float = 1.0) -> None:
+  """Runs in each Grain worker process at start: the worker exits once the process that
+  started it is gone. A training process killed outright (SIGKILL: the OOM killer, a
+  scheduler's last resort) cannot stop its workers, which otherwise live on, holding their
+  memory, until someone finds them."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(poll_s)
+    os._exit(0)
+
+  threading.Thread(target=watch, name="diffjax-exit-with-parent", daemon=True).start()
+
+
+def _worker_prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+  _ensure_absl_flags_parsed()
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                        worker_init_fn=_exit_with_parent)
+
+
 class _ProcessSlice(grain.MapDataset):
   """This process's rows of every global batch of a (globally ordered) parent dataset.
 
-  Element ``k * local + j`` is the parent's element ``k * global + p * local + j``: every
-  process walks the same global order and reads only its slice, so the global batch, and hence
-  training, does not depend on how many processes share it.
+  Element ``k * local + j`` is the parent's element ``k * global + rows[j]``: every process
+  walks the same global order and reads only the rows its devices hold, so the global batch,
+  and hence training, does not depend on how many processes share it or how the mesh places
+  them.
   """
 
-  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
-               process_count: int):
+  def __init__(self, parent: grain.MapDataset, global_batch: int, rows: Sequence[int]):
     super().__init__(parent)
     self._global = global_batch
-    self._local = global_batch // process_count
-    self._offset = process_index * self._local
+    self._rows = tuple(int(r) for r in rows)
 
   def __len__(self) -> int:
-    return len(self._parent) // self._global * self._local
+    return len(self._parent) // self._global * len(self._rows)
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    batch, row = divmod(index, self._local)
-    return self._parent[batch * self._global + self._offset + row]
+    batch, row = divmod(index, len(self._rows))
+    return self._parent[batch * self._global + self._rows[row]]
 
   def __str__(self) -> str:
-    return f"ProcessSlice(rows {self._offset}:{self._offset + self._local} of {self._global})"
+    return f"ProcessSlice({len(self._rows)} rows of {self._global})"
 
 
 def make_dataset(source, options: PipelineOptions, *, process_index: int = 0,
-                 process_count: int = 1, start_batch: int = 0) -> grain.IterDataset:
+                 process_count: int = 1, rows: Sequence[int] | None = None,
+                 start_batch: int = 0) -> grain.IterDataset:
   """The batched, infinitely repeating dataset for one process.
 
   Args:
     source: a random-access source (see `diffjax.data.sources`).
     options: image and batch options; ``batch_size`` is the global batch.
-    process_index, process_count: which rows of each global batch this process reads.
+    process_index, process_count: which rows of each global batch this process reads (the
+      ``process_index``-th of ``process_count`` equal runs), unless ``rows`` names them.
+    rows: the rows of each global batch this process reads, ascending: those its devices
+      hold (`diffjax.parallel.process_batch_rows`), which need not be one run.
     start_batch: index of the first global batch (to resume by position when no iterator
       state fits, e.g. after the number of processes changed).
 
   Returns:
     A Grain ``IterDataset`` of ``{"image": float32 [b, H, W, C], "label": int32 [b],
-    "bad_records": int32 [b]}`` with ``b = batch_size / process_count``; ``bad_records`` counts
-    unreadable records skipped (see `GuardedSource`).
+    "bad_records": int32 [b]}`` with ``b = batch_size / process_count`` (or ``len(rows)``);
+    ``bad_records`` counts unreadable records skipped (see `GuardedSource`).
   """
   if options.batch_size % process_count:
     raise ValueError(f"global batch {options.batch_size} is not divisible by the "
                      f"{process_count} processes")
+  if rows is None:
+    local = options.batch_size // process_count
+    rows = range(process_index * local, (process_index + 1) * local)
+  rows = list(rows)
+  if not rows or rows != sorted(set(rows)) or not 0 <= rows[0] <= rows[-1] < options.batch_size:
+    raise ValueError(f"rows must be distinct, ascending rows of the global batch of "
+                     f"{options.batch_size}, got {rows[:8]}{'...' if len(rows) > 8 else ''}")
   ds = grain.MapDataset.source(source).seed(options.seed).shuffle().repeat()
   ds = ds.random_map(functools.partial(preprocess, image_size=options.image_size,
                                        channels=options.channels,
                                        random_flip=options.random_flip))
-  if process_count > 1:
-    ds = _ProcessSlice(ds, options.batch_size, process_index, process_count)
-  local = options.batch_size // process_count
+  if len(rows) < options.batch_size:
+    ds = _ProcessSlice(ds, options.batch_size, rows)
+  local = len(rows)
   if start_batch:
     ds = ds[start_batch * local:]
   ds = ds.batch(local, drop_remainder=True).to_iter_dataset()
   if options.num_workers > 0:
-    _ensure_absl_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.num_workers))
+    ds = _worker_prefetch(ds, options.num_workers)
   return ds
 
 
@@ -150,6 +184,5 @@ def iterate_once(source, options: PipelineOptions, *, process_index: int = 0,
       preprocess, image_size=options.image_size, channels=options.channels, random_flip=False))
   ds = ds.batch(options.batch_size, drop_remainder=False).to_iter_dataset()
   if options.num_workers > 0:
-    _ensure_absl_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=options.num_workers))
+    ds = _worker_prefetch(ds, options.num_workers)
   return ds

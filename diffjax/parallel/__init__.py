@@ -2,6 +2,7 @@
 
 from diffjax.parallel.mesh import (BATCH_AXES, DCN_AXES, MESH_AXES, batch_sharding,
                                    device_grid, global_batch, granules, logical_shardings,
-                                   make_mesh, mesh_layout, replicated, sharding_report)
+                                   make_mesh, mesh_layout, process_batch_rows, replicated,
+                                   sharding_report)
 from diffjax.parallel.rules import (DATA_PARALLEL_RULES, RULE_SETS, get_rules,
                                     rules_from_config)

@@ -100,6 +100,27 @@ def mesh_layout(mesh: Mesh) -> str:
   return "\n".join(lines)
 
 
+def process_batch_rows(devices: np.ndarray, global_batch: int,
+                       process_index: int | None = None) -> list[int]:
+  """The rows of a global batch split over `BATCH_AXES` that one process's devices hold,
+  ascending (the order ``jax.make_array_from_process_local_data`` reads its local data in).
+
+  ``devices`` is the mesh's device array (``mesh.devices``). One run of rows per process when
+  the mesh puts each process's devices together along the batch axes; several runs when it
+  does not (e.g. ``mesh.dcn_fsdp`` with a data axis inside each host), and each process
+  must read exactly those rows for the global batch to be the same as on one process.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  grid = np.asarray(devices)
+  blocks = grid.shape[0] * grid.shape[1]  # (data, fsdp) positions, in the batch's order
+  if global_batch % blocks:
+    raise ValueError(f"global batch {global_batch} does not split over {blocks} devices")
+  per_block = global_batch // blocks
+  mine = [b for b, group in enumerate(grid.reshape(blocks, -1))
+          if any(d.process_index == process_index for d in group)]
+  return [b * per_block + r for b in mine for r in range(per_block)]
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 

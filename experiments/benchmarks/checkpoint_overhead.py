@@ -59,7 +59,7 @@ def main(argv):
 
   def run(save: bool, tag: str, steps: int = steps) -> tuple[float, float]:
     """Wall time of ``steps`` steps (one save in the middle if ``save``), and time in save()."""
-    iterator = data_iterator(spec, source)
+    iterator = data_iterator(spec, source, mesh)
     state = setup.init(jax.random.PRNGKey(0))
     for _ in range(3):  # compile (first call and donated-state call), start data workers
       local = next(iterator)
