@@ -12,6 +12,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
+# Tests compile far more than they run: XLA:CPU's LLVM back end at -O0 compiles the same HLO
+# (same fusions, buffers and passes) about 3x faster; the benchmarks and every launch.py run
+# outside the tests keep the default level. TEST_XLA_FLAGS reach launch.py subprocesses too.
+from launch_util import TEST_XLA_FLAGS  # noqa: E402
+
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " " + TEST_XLA_FLAGS
 from diffjax.parallel.distributed import tune_cpu_xla_flags  # noqa: E402
 
 tune_cpu_xla_flags()  # the XLA:CPU settings launch.py makes, so tests run what users run

@@ -8,7 +8,13 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+# XLA flags of the test session (see conftest.py), kept when a test sets its own XLA_FLAGS.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def subprocess_env(**extra) -> dict:
+  if "XLA_FLAGS" in extra and TEST_XLA_FLAGS not in str(extra["XLA_FLAGS"]):
+    extra["XLA_FLAGS"] = f"{extra['XLA_FLAGS']} {TEST_XLA_FLAGS}"
   env = dict(os.environ)
   env.update({
       "JAX_PLATFORMS": "cpu",

@@ -155,7 +155,7 @@ def test_worker_processes_exit_when_their_process_is_killed():
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  deadline = time.time() + 20
+  deadline = time.time() + 60  # a worker still starting checks once it has started
   while time.time() < deadline and any(_alive(w) for w in workers):
     time.sleep(0.2)
   left = [w for w in workers if _alive(w)]

@@ -79,13 +79,14 @@ def _ensure_absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def _exit_with_parent(worker_index: int, worker_count: int, poll_s: float = 1.0) -> None:
-  """Runs in each Grain worker process at start: the worker exits once the process that
-  started it is gone. A training process killed outright (SIGKILL: the OOM killer, a
-  scheduler's last resort) cannot stop its workers, which otherwise live on, holding their
-  memory, until someone finds them."""
+def _exit_with_parent(worker_index: int, worker_count: int, *, parent: int,
+                      poll_s: float = 1.0) -> None:
+  """Runs in each Grain worker process at start: the worker exits once ``parent``, the
+  process that started it, is gone (already at start, when it died while the worker was still
+  starting). A training process killed outright (SIGKILL: the OOM killer, a scheduler's last
+  resort) cannot stop its workers, which otherwise live on, holding their memory, until
+  someone finds them."""
   del worker_index, worker_count
-  parent = os.getppid()
 
   def watch():
     while os.getppid() == parent:
@@ -98,7 +99,7 @@ def _exit_with_parent(worker_index: int, worker_count: int, poll_s: float = 1.0)
 def _worker_prefetch(ds: grain.IterDataset, num_workers: int) -> grain.IterDataset:
   _ensure_absl_flags_parsed()
   return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                        worker_init_fn=_exit_with_parent)
+                        worker_init_fn=functools.partial(_exit_with_parent, parent=os.getpid()))
 
 
 class _ProcessSlice(grain.MapDataset):
