@@ -195,6 +195,7 @@ def train(config, workdir: str) -> dict:
             parallel.global_batch(local, batch_sharding))
 
   feeder = DeviceFeeder(iterator, to_devices, spec.data.prefetch)
+  feeder.start_prefetch()  # data workers start up while the step compiles
   step_fn = compile_step(setup, spec, mesh)
   generate = make_sample_generator(setup, spec, mesh)
   evaluator = None

@@ -35,6 +35,13 @@ def test_digits_source_splits_and_values():
   assert ex["image"].max() == 255 and 0 <= ex["label"] < 10
   with pytest.raises(ValueError, match="digits has splits"):
     data.digits_source("validation")
+  # Read from scikit-learn's CSV file directly: the same arrays as its own loader.
+  from sklearn.datasets import load_digits
+  reference = load_digits()
+  everything = data.digits_source("all")
+  np.testing.assert_array_equal(everything.images[..., 0],
+                                np.round(reference.images * (255 / 16)).astype(np.uint8))
+  np.testing.assert_array_equal(everything.labels, reference.target)
 
 
 def test_preprocess_normalises_crops_and_flips():

@@ -134,3 +134,31 @@ def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path):
   files_a = sorted((tmp_path / "full" / "checkpoints" / "12" / "data").glob("*.json"))
   files_b = sorted((tmp_path / "resumed" / "checkpoints" / "12" / "data").glob("*.json"))
   assert [f.read_text() for f in files_a] == [f.read_text() for f in files_b]
+
+
+def test_metrics_reach_tensorboard_and_jsonl(tmp_path):
+  """The event files diffjax writes itself, read back by TensorBoard's own reader, which drops
+  records whose CRC-32C does not match; the checksum against the standard check value."""
+  from tensorboard.backend.event_processing import event_accumulator, event_file_loader
+
+  from diffjax.training import MetricsWriter
+  from diffjax.training.events import crc32c
+  assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value (RFC 3720, B.4)
+  writer = MetricsWriter(tmp_path)
+  rows = [(1, {"loss": 0.75, "lr": 1e-4}), (2, {"loss": 0.5, "lr": 2e-4}),
+          (2 ** 40, {"loss": -3.25, "eval/fd": 12.5})]
+  for step, scalars in rows:
+    writer.write(step, scalars)
+  writer.close()
+  assert read_metrics(tmp_path) == [{"step": s, **v} for s, v in rows]
+  (path,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+  assert len(list(event_file_loader.RawEventFileLoader(str(path)).Load())) == 1 + len(rows)
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  acc.Reload()
+  assert sorted(acc.Tags()["scalars"]) == ["eval/fd", "loss", "lr"]
+  assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 0.75), (2, 0.5), (2 ** 40, -3.25)]
+  np.testing.assert_allclose([e.value for e in acc.Scalars("lr")], [1e-4, 2e-4], rtol=1e-6)
+  raw = bytearray(path.read_bytes())
+  raw[-1] ^= 0xFF  # the last record's data checksum
+  path.write_bytes(bytes(raw))
+  assert len(list(event_file_loader.RawEventFileLoader(str(path)).Load())) == len(rows)

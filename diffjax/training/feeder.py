@@ -50,7 +50,11 @@ class DeviceFeeder:
     self._it.set_state(json.loads(state.decode() if isinstance(state, bytes) else state))
 
   def start_prefetch(self) -> None:
-    pass
+    """Starts the wrapped iterator's background work (Grain's worker processes), e.g. so the
+    workers start up while the train step compiles."""
+    start = getattr(self._it, "start_prefetch", None)
+    if start is not None:
+      start()
 
   def close(self) -> None:
     """Stops the wrapped iterator's worker processes (if it has any)."""

@@ -1,4 +1,4 @@
-"""Metrics output: ``metrics.jsonl``, TensorBoard event files (tensorboardX, no TensorFlow) and
+"""Metrics output: ``metrics.jsonl``, TensorBoard event files (`diffjax.training.events`) and
 a progress line with throughput and ETA. Only process 0 writes."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import pathlib
 import sys
 import time
 from typing import Mapping
+
+from diffjax.training.events import EventFileWriter
 
 
 class MetricsWriter:
@@ -26,8 +28,7 @@ class MetricsWriter:
     workdir.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
     if tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+      self._tb = EventFileWriter(workdir / "tensorboard")
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -36,8 +37,7 @@ class MetricsWriter:
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
     if self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.add_scalar(k, float(v), int(step))
+      self._tb.scalars(step, scalars)
       self._tb.flush()
 
   def close(self) -> None:
