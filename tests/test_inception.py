@@ -91,14 +91,15 @@ def test_flax_inception_features_equal_the_torchscript_network(flax_inception):
   torch = pytest.importorskip("torch", reason="PyTorch not installed (requirements-test.txt)")
   apply, params, sha = flax_inception
   reference = torch.jit.load(str(TORCHSCRIPT)).eval()
-  for batch in _real_images():
-    x = np.asarray(inception.preprocess(batch, "tf"))  # [n, 299, 299, 3] in [-1, 1]
-    ours = np.asarray(apply(params, jnp.asarray(x)))
-    with torch.no_grad():
-      ref = reference(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
-    assert ours.shape == ref.shape == (len(batch), 2048)
-    rel = np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
-    assert rel.max() < 1e-4, rel
+  # 32x32 CIFAR-10 and 112x92 faces, each resized to 299x299 ([-1, 1]), in one batch of 8
+  # (the batch size the FID test below uses: one compiled program for both).
+  x = np.concatenate([np.asarray(inception.preprocess(b, "tf")) for b in _real_images()])
+  ours = np.asarray(apply(params, jnp.asarray(x)))
+  with torch.no_grad():
+    ref = reference(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
+  assert ours.shape == ref.shape == (8, 2048)
+  rel = np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
+  assert rel.max() < 1e-4, rel
   assert len(sha) == 64
 
 
@@ -140,11 +141,13 @@ def test_fid_between_real_image_sets_equals_pytorch_fid(flax_inception):
     sets = [np.stack([np.asarray(Image.open(io.BytesIO(tar.extractfile(n).read()))
                                  .convert("RGB")) for n in pick(p)])
             for p in ("train/", "test/")]
-  feats = [np.concatenate([np.asarray(apply(params, inception.preprocess(s[i:i + 16], "tf")))
-                           for i in range(0, len(s), 16)]) for s in sets]
+  feats = [np.concatenate([np.asarray(apply(params, inception.preprocess(s[i:i + 8], "tf")))
+                           for i in range(0, len(s), 8)]) for s in sets]
   s1, s2 = metrics.statistics(feats[0]), metrics.statistics(feats[1])
   ours = metrics.frechet_distance(*s1, *s2)
-  assert ours == pytest.approx(reference_fd(*s1, *s2), abs=1e-3)
+  reference = reference_fd(*s1, *s2)
+  print(f"FID {ours!r} vs pytorch-fid {reference!r}")
+  assert ours == pytest.approx(reference, rel=1e-6)  # 32 samples, 2048-d: singular covariances
   assert ours > 0
 
 

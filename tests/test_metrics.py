@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 from diffjax.evaluation import metrics
 
@@ -14,25 +15,32 @@ def _features(n=600, d=12, shift=0.0, scale=1.0, seed=0):
   return (rng.normal(size=(n, d)) @ a) * scale + shift
 
 
-def _fid_by_eigenvalues(f1, f2):
-  """Tr((S1 S2)^(1/2)) as the sum of square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2)."""
+def _fid_by_sqrtm(f1, f2):
+  """The reference implementations' way: scipy's general matrix square root of S1 S2."""
   mu1, mu2 = f1.mean(0), f2.mean(0)
   s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-  w, v = np.linalg.eigh(s1)
-  root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-  inner = np.linalg.eigvalsh(root1 @ s2 @ root1)
-  return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) -
-               2 * np.sum(np.sqrt(np.clip(inner, 0, None))))
+  covmean = scipy.linalg.sqrtm(s1 @ s2).real
+  return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
 def test_frechet_distance_matches_an_independent_computation():
   f1, f2 = _features(seed=0), _features(shift=0.3, scale=1.2, seed=1)
   got = metrics.frechet_distance(*metrics.statistics(f1), *metrics.statistics(f2))
-  assert got == pytest.approx(_fid_by_eigenvalues(f1, f2), rel=1e-6)
+  assert got == pytest.approx(_fid_by_sqrtm(f1, f2), rel=1e-9)
   back = metrics.frechet_distance(*metrics.statistics(f2), *metrics.statistics(f1))
   assert got == pytest.approx(back, rel=1e-9)  # symmetric
   same = metrics.frechet_distance(*metrics.statistics(f1), *metrics.statistics(f1))
   assert abs(same) < 1e-6
+  # Fewer samples than dimensions (singular covariances): still the same number.
+  f1, f2 = _features(n=20, d=40, seed=2), _features(n=30, d=40, shift=0.2, seed=3)
+  got = metrics.frechet_distance(*metrics.statistics(f1), *metrics.statistics(f2))
+  assert got == pytest.approx(_fid_by_sqrtm(f1, f2), rel=1e-6)
+
+
+def test_frechet_distance_refuses_a_matrix_that_is_no_covariance():
+  mu, sigma = np.zeros(3), np.eye(3)
+  with pytest.raises(ValueError, match="sigma2 is not positive semi-definite"):
+    metrics.frechet_distance(mu, sigma, mu, np.diag([1.0, -0.5, 1.0]))
 
 
 def test_frechet_distance_closed_form_for_gaussians():

@@ -5,6 +5,7 @@ equals one step on the whole batch; rematerialisation changes memory, not result
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from configs import default
 from diffjax import data, host, parallel
 from diffjax.spec import ConfigError, build_spec
+from diffjax.train import compile_step
 from diffjax.training import loss_fn
 from diffjax.training.setup import jit_train_step, setup_state
 
@@ -172,34 +174,41 @@ def _plain_spec(**overrides):
 
 
 def _steps(spec, batches, devices=2):
+  """Runs ``batches`` through the train step compiled ahead of time as `train` compiles it.
+  Returns the losses, the final state and parameters (on the host), the setup and the
+  compiled step (XLA's memory analysis and program text)."""
   mesh = parallel.make_mesh({"data": devices, "fsdp": 1, "tensor": 1}, jax.devices()[:devices])
   setup = setup_state(spec, mesh)
-  step = jit_train_step(setup, spec, mesh)
+  step = compile_step(setup, spec, mesh)
   state = setup.init(jax.random.PRNGKey(0))
   losses = []
   for b in batches:
+    b = {k: v for k, v in b.items() if k != "bad_records"}  # counted by train(), not stepped
     state, metrics = step(state, parallel.global_batch(b, parallel.batch_sharding(mesh)))
     losses.append(float(metrics["loss"]))
-  return np.array(losses), jax.device_get(state.params), setup
+  return types.SimpleNamespace(losses=np.array(losses), state=state, setup=setup, step=step,
+                               params=jax.device_get(state.params))
 
 
 def _residual_bytes(spec, setup, batch):
   """Bytes the backward pass keeps from the forward pass (the vjp's residuals): the
-  activation memory that remat trades for recomputation, independent of the backend."""
-  params = setup.init(jax.random.PRNGKey(0)).params
+  activation memory that remat trades for recomputation, independent of the backend. Shapes
+  only: nothing is computed."""
+  params = setup.abstract.params
   loss = lambda p: loss_fn(p, batch, jax.random.PRNGKey(1), model=setup.model,
                            spec=spec.diffusion, conditional=True)[0]
-  _, vjp = jax.vjp(loss, params)
-  return sum(leaf.nbytes for leaf in jax.tree.leaves(vjp))
+  residuals = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], params)
+  return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize
+             for leaf in jax.tree.leaves(residuals))
 
 
 def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
   batches = _batches(_plain_spec(), n=3)
-  whole, params_whole, _ = _steps(_plain_spec(), batches)
-  accumulated, params_acc, _ = _steps(_plain_spec(**{"train.grad_accum": 4}), batches)
-  assert whole[0] != whole[-1]
-  np.testing.assert_allclose(accumulated, whole, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(params_acc), jax.tree.leaves(params_whole)):
+  whole = _steps(_plain_spec(), batches)
+  accumulated = _steps(_plain_spec(**{"train.grad_accum": 4}), batches)
+  assert whole.losses[0] != whole.losses[-1]
+  np.testing.assert_allclose(accumulated.losses, whole.losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(whole.params)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)  # see the Adam note above
 
 
@@ -210,37 +219,23 @@ def test_gradient_accumulation_must_split_the_batch():
 
 def test_remat_changes_memory_not_results():
   batches = _batches(_plain_spec(), n=2)
-  plain, params_plain, setup_plain = _steps(_plain_spec(), batches)
+  plain = _steps(_plain_spec(), batches)
   remat_spec = _plain_spec(**{"model.kwargs": {"dropout": 0.0, "class_dropout": 0.0,
                                                "remat": "full"}})
-  rematted, params_remat, setup_remat = _steps(remat_spec, batches)
-  np.testing.assert_allclose(rematted, plain, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(params_remat), jax.tree.leaves(params_plain)):
+  rematted = _steps(remat_spec, batches)
+  np.testing.assert_allclose(rematted.losses, plain.losses, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(rematted.params), jax.tree.leaves(plain.params)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   batch = jax.tree.map(jax.numpy.asarray, batches[0])
-  kept_plain = _residual_bytes(_plain_spec(), setup_plain, batch)
-  kept_remat = _residual_bytes(remat_spec, setup_remat, batch)
+  kept_plain = _residual_bytes(_plain_spec(), plain.setup, batch)
+  kept_remat = _residual_bytes(remat_spec, rematted.setup, batch)
   assert kept_remat < 0.5 * kept_plain, (kept_remat, kept_plain)
   # ... and the compiled step's temporaries shrink too. XLA:CPU undid remat (its
   # cse_barrier_expander pass let CSE merge the recomputation back into the forward pass: the
   # same temporaries with and without) until tune_cpu_xla_flags turned that pass off.
-  temp_plain = _compiled_temp_bytes(_plain_spec(), setup_plain)
-  temp_remat = _compiled_temp_bytes(remat_spec, setup_remat)
+  temp_plain = plain.step.memory_analysis().temp_size_in_bytes
+  temp_remat = rematted.step.memory_analysis().temp_size_in_bytes
   assert temp_remat < 0.8 * temp_plain, (temp_remat, temp_plain)
-
-
-def _compiled_step(spec, setup, devices=2):
-  """The data-parallel train step compiled for the spec's batch shape (nothing runs)."""
-  mesh = parallel.make_mesh({"data": devices, "fsdp": 1, "tensor": 1}, jax.devices()[:devices])
-  d, split = spec.data, parallel.batch_sharding(mesh)
-  batch = {"image": jax.ShapeDtypeStruct((d.batch_size, d.image_size, d.image_size, d.channels),
-                                         np.float32, sharding=split),
-           "label": jax.ShapeDtypeStruct((d.batch_size,), np.int32, sharding=split)}
-  return jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).compile()
-
-
-def _compiled_temp_bytes(spec, setup):
-  return _compiled_step(spec, setup).memory_analysis().temp_size_in_bytes
 
 
 def test_estimate_counts_flops_memory_and_time(tmp_path):
@@ -276,29 +271,27 @@ def test_offloaded_optimizer_state_lives_in_host_memory_and_changes_nothing(tmp_
   through a checkpoint round trip); losses and parameters equal the plain run's exactly."""
   from diffjax.training import Checkpointer
   batches = _batches(_plain_spec(), n=2)
-  plain, params_plain, setup_plain = _steps(_plain_spec(), batches)
+  plain = _steps(_plain_spec(), batches)
   spec = _plain_spec(**{"train.offload_opt_state": True})
-  offloaded, params_off, setup = _steps(spec, batches)
-  np.testing.assert_array_equal(offloaded, plain)
-  for a, b in zip(jax.tree.leaves(params_off), jax.tree.leaves(params_plain)):
+  offloaded = _steps(spec, batches)
+  np.testing.assert_array_equal(offloaded.losses, plain.losses)
+  for a, b in zip(jax.tree.leaves(offloaded.params), jax.tree.leaves(plain.params)):
     np.testing.assert_array_equal(a, b)
+  setup = offloaded.setup
   kinds = {s.memory_kind for s in jax.tree.leaves(setup.shardings.opt_state)}
   assert kinds == {"pinned_host"}
   assert {s.memory_kind for s in jax.tree.leaves(setup.shardings.params)} == {"device"}
-  _, plain_sizes = parallel.sharding_report(setup_plain.abstract, setup_plain.shardings)
+  _, plain_sizes = parallel.sharding_report(plain.setup.abstract, plain.setup.shardings)
   _, sizes = parallel.sharding_report(setup.abstract, setup.shardings)
   assert plain_sizes["host_mb"] == 0 and sizes["host_mb"] > 0
   assert np.isclose(sizes["per_device_mb"] + sizes["host_mb"], plain_sizes["per_device_mb"])
   # A step's output and a restored checkpoint keep the moments on the host.
-  mesh = parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
-  state = setup.init(jax.random.PRNGKey(0))
-  state, _ = jit_train_step(setup, spec, mesh)(
-      state, parallel.global_batch(batches[0], parallel.batch_sharding(mesh)))
+  state = offloaded.state
   assert {a.sharding.memory_kind for a in jax.tree.leaves(state.opt_state)} == {"pinned_host"}
   ckpt = Checkpointer(tmp_path / "ckpt", spec.checkpoint, log=lambda _: None)
-  ckpt.save(1, state)
+  ckpt.save(2, state)
   ckpt.wait()
-  restored, _ = ckpt.restore(1, setup.abstract)
+  restored, _ = ckpt.restore(2, setup.abstract)
   assert {a.sharding.memory_kind for a in jax.tree.leaves(restored.opt_state)} == {"pinned_host"}
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(a, b)
@@ -325,10 +318,9 @@ def test_cpu_xla_flags_are_added_once_never_over_the_users_and_take_effect(monke
   # Region-based copy insertion: the donated state is updated in place. With XLA's default
   # analysis this data-parallel step copied every parameter and Adam moment first (438 copies;
   # none on one device).
-  spec = build_spec(default.get_config("tiny"), num_devices=2)
-  setup = setup_state(spec, parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 1},
-                                               jax.devices()[:2]))
-  hlo = _compiled_step(spec, setup).as_text()
+  spec = _plain_spec()
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+  hlo = compile_step(setup_state(spec, mesh), spec, mesh).as_text()
   entry = hlo[hlo.index("\nENTRY"):]
   assert re.findall(r"= \S+ copy\(%param", entry) == []
 

@@ -1,7 +1,7 @@
 """Sample-quality metrics on feature vectors, computed the standard ways.
 
-* Fréchet distance (FID with Inception features; Heusel et al. 2017): float64 statistics and
-  ``scipy.linalg.sqrtm`` as in the reference implementations.
+* Fréchet distance (FID with Inception features; Heusel et al. 2017): float64 statistics; the
+  trace of the matrix square root from symmetric eigendecompositions (`frechet_distance`).
 * KID (Bińkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
   ``(x.y / d + 1)^3``, averaged over random subsets.
 * Precision and recall (Kynkäänniemi et al. 2019): k-NN hyperspheres (k = 3) around each set's
@@ -16,7 +16,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 import scipy.special
 
 
@@ -28,12 +27,15 @@ def statistics(features) -> tuple[np.ndarray, np.ndarray]:
   return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))``.
 
-  When the product is singular enough for ``sqrtm`` to fail, ``eps`` is added to both
-  diagonals (as the reference implementations do); a matrix square root with a large imaginary
-  part is an error rather than a silently wrong number.
+  ``Tr (S1 S2)^(1/2)`` is the sum of the square roots of the eigenvalues of ``S1 S2``, which
+  are those of the symmetric positive semi-definite ``S1^(1/2) S2 S1^(1/2)``: two symmetric
+  eigendecompositions instead of the reference implementations' ``scipy.linalg.sqrtm`` of the
+  product (the same number to ~1e-9 relative with full-rank covariances, and exact where the
+  product is singular, e.g. fewer samples than feature dimensions, where ``sqrtm`` needs an
+  ``eps`` on the diagonals). 2048-d Inception statistics: ~3 s instead of ~15-20 s on 2 cores.
   """
   mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
   sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(
@@ -42,17 +44,29 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     raise ValueError(f"statistics disagree in shape: {mu1.shape}/{sigma1.shape} vs "
                      f"{mu2.shape}/{sigma2.shape}")
   diff = mu1 - mu2
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.all(np.isfinite(covmean)):
-    offset = np.eye(len(sigma1)) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f"matrix square root has a large imaginary component "
-                       f"({np.max(np.abs(covmean.imag)):.3g}); too few samples for the "
-                       f"feature dimension?")
-    covmean = covmean.real
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) -
+               2.0 * trace_sqrt_product(sigma1, sigma2))
+
+
+def _psd_eigenvalues(matrix: np.ndarray, name: str, vectors: bool = True):
+  """Eigenvalues (rounding noise below zero set to zero) and eigenvectors (or None) of a
+  symmetric PSD matrix; a clearly negative eigenvalue means it is not a covariance matrix."""
+  matrix = (matrix + matrix.T) / 2
+  w, v = np.linalg.eigh(matrix) if vectors else (np.linalg.eigvalsh(matrix), None)
+  scale = max(float(np.abs(w).max()), np.finfo(np.float64).tiny)
+  if w.min() < -1e-6 * scale:
+    raise ValueError(f"{name} is not positive semi-definite (eigenvalue {w.min():.3g}, largest "
+                     f"{scale:.3g}): not a covariance matrix")
+  return np.clip(w, 0.0, None), v
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+  """``Tr (S1 S2)^(1/2)`` for covariance matrices S1, S2."""
+  w1, v1 = _psd_eigenvalues(sigma1, "sigma1")
+  _psd_eigenvalues(sigma2, "sigma2", vectors=False)
+  root1 = (v1 * np.sqrt(w1)) @ v1.T
+  inner, _ = _psd_eigenvalues(root1 @ sigma2 @ root1, "S1^(1/2) S2 S1^(1/2)", vectors=False)
+  return float(np.sum(np.sqrt(inner)))
 
 
 def kernel_inception_distance(features1, features2, *, num_subsets: int = 100,
