@@ -194,14 +194,18 @@ def train(config, workdir: str) -> dict:
     return (int(np.sum(local.pop("bad_records", 0))),
             parallel.global_batch(local, batch_sharding))
 
-  feeder = DeviceFeeder(iterator, to_devices, spec.data.prefetch)
-  feeder.start_prefetch()  # data workers start up while the step compiles
-  step_fn = compile_step(setup, spec, mesh)
-  generate = make_sample_generator(setup, spec, mesh)
   evaluator = None
   if spec.eval.every_steps:
-    from diffjax.evaluate import Evaluator  # fails here, before training, if no reference
+    from diffjax.evaluate import Evaluator  # fails here, before any compile, if no reference
     evaluator = Evaluator(spec, workdir, mesh)
+  feeder = DeviceFeeder(iterator, to_devices, spec.data.prefetch)
+  feeder.start_prefetch()  # data workers start up while the step compiles
+  try:
+    step_fn = compile_step(setup, spec, mesh)
+  except BaseException:
+    feeder.close()
+    raise
+  generate = make_sample_generator(setup, spec, mesh)
   writer = MetricsWriter(workdir, enabled=is_main, tensorboard=spec.logging.tensorboard)
   total = spec.train.num_steps
   step = int(jax.device_get(state.step))

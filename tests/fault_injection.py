@@ -211,10 +211,10 @@ def bad_records(root) -> dict:
   for i in (5, 77, 150):
     recs[i] = b"\x00garbage"
   convert.write_shards(recs, root / "shards", "train", num_shards=2)
-  args = ["--config.data.source=array_record", f"--config.data.path={root / 'shards'}",
-          "--config.data.batch_size=64"]
-  skip = launch(*base_args(root / "skip", steps=6, extra=args), check=False)
-  stop = launch(*base_args(root / "stop", steps=6, extra=args + [
+  # 24 steps of 16 (the batch every tiny run compiles for): 384 draws, over two epochs.
+  args = ["--config.data.source=array_record", f"--config.data.path={root / 'shards'}"]
+  skip = launch(*base_args(root / "skip", steps=24, extra=args), check=False)
+  stop = launch(*base_args(root / "stop", steps=24, extra=args + [
       "--config.faults.bad_records=stop", "--config.data.num_workers=0"]), check=False)
   counted = read_metrics(root / "skip")[-1]["bad_records"] if skip.returncode == 0 else None
   return {"records": len(recs), "corrupt": 3, "skip_exit_code": skip.returncode,

@@ -71,23 +71,21 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
   assert fi.identical(fi.final_arrays(w), reference)
 
 
-def test_nan_updates_are_skipped_and_counted(tmp_path):
-  summary = train(tiny_config(**{"train.num_steps": 8, "logging.log_every": 1,
-                           "faults.inject_nan_steps": (3, 4)}), str(tmp_path / "run"))
-  rows = {r["step"]: r for r in read_metrics(tmp_path / "run")}
-  assert np.isnan(rows[4]["loss"]) and rows[4]["skipped"] == 1 and rows[4]["streak"] == 1
-  assert rows[5]["skipped"] == 2 and rows[6]["streak"] == 0 and np.isfinite(rows[8]["loss"])
-  assert summary["step"] == 8
-
-
-def test_a_streak_of_nans_aborts_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+def test_nan_updates_are_skipped_and_a_streak_aborts_naming_the_last_good_checkpoint(tmp_path):
+  """Two NaN updates (the 4th and 5th) are skipped and counted and training goes on; a streak
+  of three from the 10th ends the run naming the step and the last good checkpoint."""
   w = tmp_path / "run"
   result = launch(*fi.base_args(w, steps=20, extra=[
-      "--config.faults.inject_nan_steps=(9,10,11,12,13,14)",
+      "--config.faults.inject_nan_steps=(3,4,9,10,11,12,13,14)",
       "--config.faults.max_consecutive_skips=3"]), check=False)
+  rows = {r["step"]: r for r in read_metrics(w)}
+  assert np.isnan(rows[4]["loss"]) and rows[4]["skipped"] == 1 and rows[4]["streak"] == 1
+  assert rows[5]["skipped"] == 2 and rows[5]["streak"] == 2
+  assert rows[6]["streak"] == 0 and np.isfinite(rows[8]["loss"]) and rows[8]["skipped"] == 2
   assert result.returncode == 3, result.stderr
   assert "training aborted at step 12: 3 consecutive update(s) skipped" in result.stderr
   assert "since step 10" in result.stderr and "Last good checkpoint: step 8" in result.stderr
+  assert rows[12]["skipped"] == 5 and max(rows) == 12
   steps = sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())
   assert steps[-1] == 8
 

@@ -104,16 +104,17 @@ def test_sweep_dry_run_and_run(tmp_path):
         return c
 
       def get_sweep():
-        return [{{"name": "lr_a", "optim.lr": 1e-3}}, {{"optim.lr": 2e-3}}]
+        # Seeds, not learning rates: the points share one compiled train step.
+        return [{{"name": "seed_a", "train.seed": 1}}, {{"train.seed": 2}}]
       """))
   dry = launch("--config", cfg, "--workdir", tmp_path / "sw", "--sweep", "--dry_run")
   lines = [l for l in dry.stdout.splitlines() if "launch.py" in l]
-  assert len(lines) == 2 and "--config.optim.lr=0.001" in lines[0]
-  assert f"--workdir={tmp_path / 'sw' / 'lr_a'}" in lines[0] and "lr=0.002" in lines[1]
+  assert len(lines) == 2 and "--config.train.seed=1" in lines[0]
+  assert f"--workdir={tmp_path / 'sw' / 'seed_a'}" in lines[0] and "seed=2" in lines[1]
   assert not (tmp_path / "sw").exists()
   launch("--config", cfg, "--workdir", tmp_path / "sw", "--sweep", timeout=600)
   table = (tmp_path / "sw" / "sweep_results.md").read_text()
-  assert "lr_a" in table and "lr=0.002" in table
+  assert "seed_a" in table and "seed=2" in table
   assert (tmp_path / "sw" / "sweep_results.csv").read_text().count("\n") == 3
 
 
