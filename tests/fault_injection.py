@@ -149,21 +149,26 @@ def sigkill_after(workdir, seconds: float) -> dict:
   return {"resumed_from": resumed_from(resume.stdout)}
 
 
-def two_process_sigterm(workdir, at_step: int, port: int, steps: int = 16) -> dict:
-  """Two processes (one CPU device each) train one model; SIGTERM reaches process 1 only, once
-  process 0 has logged ``at_step``. JAX's preemption sync point must stop both at the same step,
-  both save it and exit 42; a relaunch of both resumes from it."""
-  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+def two_process_sigterm(workdir, at_step: int, port: int, args=None, devices_each: int = 1,
+                        steps: int = 16) -> dict:
+  """Two processes (``devices_each`` CPU devices each) train one model; SIGTERM reaches process
+  1 only, once process 0 has logged ``at_step``. JAX's preemption sync point must stop both at
+  the same step, both save it and exit 42; a relaunch of both resumes from it and finishes.
+  ``args`` replace the default launch.py arguments (``base_args``) of both launches."""
+  env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
+  if args is None:
+    args = [*base_args(workdir, steps=steps, every=1000), "--config.data.num_workers=0"]
 
   def start(i, out):
-    args = [*base_args(workdir, steps=steps, every=1000), "--config.data.num_workers=0",
-            "--distributed=on", f"--coordinator_address=localhost:{port}", "--num_processes=2",
-            f"--process_id={i}"]
-    return subprocess.Popen([sys.executable, "launch.py", *args], cwd=ROOT, env=env,
-                            stdout=out, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "launch.py", *args, f"--workdir={workdir}", "--distributed=on",
+         f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.PIPE, text=True)
 
   procs = [start(0, subprocess.PIPE), start(1, subprocess.DEVNULL)]
+  seen = []
   for line in procs[0].stdout:
+    seen.append(line)
     m = re.match(r"step (\d+)/", line)
     if m and int(m.group(1)) >= at_step:
       procs[1].send_signal(signal.SIGTERM)
@@ -172,10 +177,11 @@ def two_process_sigterm(workdir, at_step: int, port: int, steps: int = 16) -> di
   saved = [re.search(r"saved the checkpoint of step (\d+)", err or "") for _, err in outs]
   result = {"exit_codes": [p.returncode for p in procs],
             "saved_steps": [int(m.group(1)) if m else None for m in saved],
-            "stderr": outs[1][1][-2000:]}
+            "stdout": "".join(seen) + outs[0][0], "stderr": outs[1][1][-2000:]}
   procs = [start(0, subprocess.PIPE), start(1, subprocess.DEVNULL)]
   outs = [p.communicate(timeout=300) for p in procs]
   result["resume_exit_codes"] = [p.returncode for p in procs]
+  result["resume_stderr"] = outs[1][1][-2000:]
   result["resumed_from"] = resumed_from(outs[0][0])
   return result
 

@@ -1,5 +1,5 @@
-"""End to end through launch.py, as users run it: each data source kind, resume, sampling,
-sweeps, bad configs, and two processes on localhost."""
+"""End to end through launch.py, as users run it: each data source kind, sampling, sweeps, bad
+configs, and two processes on localhost (preempted and resumed)."""
 
 import json
 import re
@@ -14,17 +14,17 @@ import pytest
 from diffjax import data
 from diffjax.data import convert, records
 from diffjax.training.logger import read_metrics
+import fault_injection as fi
 from launch_util import ROOT, launch, subprocess_env
 
 TINY = ["--config", "configs/default.py:tiny", "--config.sample.num_images=10"]
 
 
-def test_digits_train_resume_and_sample(tmp_path):
+def test_digits_train_and_sample(tmp_path):
+  """Train, then sample from the checkpoint. (Resuming: test_faults, through launch.py too.)"""
   w = tmp_path / "run"
-  first = launch(*TINY, "--workdir", w, "--config.train.num_steps=6")
-  assert "step 6/6" in first.stdout
-  second = launch(*TINY, "--workdir", w, "--config.train.num_steps=10")
-  assert "resumed from checkpoint at step 6" in second.stdout and "step 10/10" in second.stdout
+  first = launch(*TINY, "--workdir", w, "--config.train.num_steps=10")
+  assert "step 10/10" in first.stdout
   assert (w / "samples" / "step_0000010.png").exists()
   assert (w / "config.json").exists() and list((w / "tensorboard").glob("events.*"))
   rows = read_metrics(w)
@@ -124,32 +124,27 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _two_processes(workdir, args, devices_each):
-  port = _free_port()
-  env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
-  procs = [subprocess.Popen(
-      [sys.executable, "launch.py", *args, f"--workdir={workdir}", "--distributed=on",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outs = [p.communicate(timeout=400) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  return outs[0][0]
-
-
-def test_two_processes_train_one_model_like_one_process(tmp_path):
+def test_two_processes_train_one_model_like_one_process_through_a_preemption(tmp_path):
   """Two processes with two CPU devices each == one process with four: FSDP across the
   processes (mesh.dcn_fsdp=2: parameters, optimiser state and batch split over both) and data
-  parallel within each. Hybrid data-across / FSDP-within layouts are in test_scale (fake
-  hosts); data parallelism alone across two processes runs in test_faults' two-process
-  preemption test."""
-  common = [*TINY, "--config.train.num_steps=6", "--config.logging.log_every=1",
+  parallel within each. A SIGTERM reaches process 1 alone: JAX's preemption sync point stops
+  both at the same step, both save it and exit 42, and the relaunched pair resumes from it and
+  finishes with the single process's losses. Hybrid data-across / FSDP-within layouts are in
+  test_scale (fake hosts)."""
+  common = [*TINY, "--config.train.num_steps=10", "--config.logging.log_every=1",
             "--config.sample.at_end=False", "--config.mesh.rules=fsdp", "--config.mesh.data=2",
             "--config.mesh.fsdp=2"]
   four_devices = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
   launch(*common, "--workdir", tmp_path / "single", env=four_devices)
-  out = _two_processes(tmp_path / "multi", [*common, "--config.mesh.dcn_fsdp=2"], 2)
+  multi = tmp_path / "multi"
+  result = fi.two_process_sigterm(multi, at_step=3, port=_free_port(),
+                                  args=[*common, "--config.mesh.dcn_fsdp=2"], devices_each=2)
+  assert result["exit_codes"] == [fi.EXIT_PREEMPTED] * 2, result["stderr"]
+  step = result["saved_steps"][0]
+  assert step is not None and 3 <= step < 10 and result["saved_steps"] == [step, step]
+  assert result["resume_exit_codes"] == [0, 0], result["resume_stderr"]
+  assert result["resumed_from"] == step
+  out = result["stdout"]
   assert ("mesh {'data': 2, 'fsdp': 2, 'tensor': 1} over 4 device(s) in 2 process(es), "
           "{'fsdp': 2} of it across processes\n") in out
   total, per_device = map(float, re.search(r"train state \(\w+ rules\): ([\d.]+) MB in all, "
@@ -157,12 +152,12 @@ def test_two_processes_train_one_model_like_one_process(tmp_path):
   assert per_device < 0.6 * total
   # Where each device sits (sharding.txt): each process holds one half of the fsdp axis, for
   # both rows of the data axis (a one-host layout would give each process a data row).
-  lines = (tmp_path / "multi" / "sharding.txt").read_text().splitlines()
+  lines = (multi / "sharding.txt").read_text().splitlines()
   layout = json.loads(next(l for l in lines if l.startswith("processes: "))[11:])
   np.testing.assert_array_equal(np.array(layout)[:, :, 0], [[0, 1], [0, 1]])
-  single = [m["loss"] for m in read_metrics(tmp_path / "single")]
-  multi = [m["loss"] for m in read_metrics(tmp_path / "multi")]
-  assert len(single) == len(multi) == 6
-  np.testing.assert_allclose(multi, single, rtol=1e-5)
-  assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()
-                if p.name.isdigit()) == ["6"]
+  single = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "single")}
+  resumed = {m["step"]: m["loss"] for m in read_metrics(multi)}  # the relaunch's rows win
+  assert sorted(single) == sorted(resumed) == list(range(1, 11))
+  np.testing.assert_allclose([resumed[k] for k in single], list(single.values()), rtol=1e-5)
+  assert sorted(int(p.name) for p in (multi / "checkpoints").iterdir()
+                if p.name.isdigit()) == [step, 10]
