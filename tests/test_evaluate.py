@@ -7,7 +7,8 @@ import json
 from diffjax.training.logger import read_metrics
 from launch_util import launch
 
-COMMON = ["--config", "configs/default.py:tiny", "--config.eval.feature_net=domain",
+# DiT-tiny (tests/dit_tiny_config.py): the subject is evaluation, not the network.
+COMMON = ["--config", "tests/dit_tiny_config.py", "--config.eval.feature_net=domain",
           "--config.eval.classifier_steps=60", "--config.sample.at_end=False",
           "--config.eval.kid_subset_size=16", "--config.eval.batch_size=24"]
 

@@ -16,6 +16,7 @@ from diffjax.spec import build_spec
 from diffjax.train import train
 from diffjax.training import Checkpointer, read_metrics
 from diffjax.training.setup import setup_state
+from dit_tiny_config import DIT
 from launch_util import launch, tiny_config
 
 
@@ -101,9 +102,10 @@ def test_full_disk_during_a_save_keeps_the_last_good_checkpoint(tmp_path, monkey
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
   with pytest.raises(CheckpointError, match="Last good checkpoint: step 4 in .*left untouched"):
-    train(tiny_config(**{"train.num_steps": 12, "checkpoint.every_steps": 4}), str(tmp_path / "run"))
+    train(tiny_config(**DIT, **{"train.num_steps": 12, "checkpoint.every_steps": 4}),
+          str(tmp_path / "run"))
   monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
-  spec = build_spec(tiny_config(), num_devices=8)
+  spec = build_spec(tiny_config(**DIT), num_devices=8)
   mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   ckpt = Checkpointer(tmp_path / "run" / "checkpoints", spec.checkpoint)
   assert ckpt.verify(4) == (True, "")
@@ -120,8 +122,8 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
 
 
 def test_checkpoint_restores_onto_a_different_device_count(tmp_path):
-  train(tiny_config(**{"train.num_steps": 4}), str(tmp_path / "run"))
-  spec = build_spec(tiny_config(), num_devices=8)
+  train(tiny_config(**DIT, **{"train.num_steps": 4}), str(tmp_path / "run"))
+  spec = build_spec(tiny_config(**DIT), num_devices=8)
   states = []
   for devices in (jax.devices()[:8], jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)

@@ -131,7 +131,7 @@ def test_two_processes_train_one_model_like_one_process_through_a_preemption(tmp
   both at the same step, both save it and exit 42, and the relaunched pair resumes from it and
   finishes with the single process's losses. Hybrid data-across / FSDP-within layouts are in
   test_scale (fake hosts)."""
-  common = [*TINY, "--config.train.num_steps=10", "--config.logging.log_every=1",
+  common = ["--config", fi.CONFIG, "--config.train.num_steps=10", "--config.logging.log_every=1",
             "--config.sample.at_end=False", "--config.mesh.rules=fsdp", "--config.mesh.data=2",
             "--config.mesh.fsdp=2"]
   four_devices = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")

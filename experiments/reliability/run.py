@@ -95,6 +95,7 @@ def run_interruptions(rng, root) -> list[dict]:
 def main(argv):
   del argv
   import fault_injection as fi
+  fi.CONFIG = "configs/default.py:tiny"  # the UNet of the recorded results (tests use DiT-tiny)
   from launch_util import launch
   rng = random.Random(FLAGS.seed)
   root = pathlib.Path(FLAGS.workdir)
