@@ -120,8 +120,9 @@ def estimate(config, workdir: str | None = None) -> dict:
       "num_steps": steps, "images_seen_M": round(steps * batch / 1e6, 2),
       "chip": opts["chip"], "num_devices": n, "mesh": sizes, "rules": spec.mesh.rules,
       "dtype": spec.model.dtype,
-      "gflops_per_image": round(flops_per_image / 1e9, 3),
-      "tflops_per_step": round(flops_per_step / 1e12, 3),
+      # Significant digits, not decimals: a tiny model's GFLOPs would round to a few digits.
+      "gflops_per_image": float(f"{flops_per_image / 1e9:.4g}"),
+      "tflops_per_step": float(f"{flops_per_step / 1e12:.4g}"),
       "state_mb_per_device": round(state_mb["per_device_mb"], 1),
       "state_mb_total": round(state_mb["total_mb"], 1),
       "activation_mb_per_device": None if activation_mb is None else round(activation_mb, 1),

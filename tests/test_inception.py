@@ -83,7 +83,10 @@ def flax_inception(tmp_path_factory):
   path = inception_weights.ensure(tmp_path_factory.mktemp("cache"), source=str(TORCHSCRIPT))
   params, sha = inception_weights.load(path)
   model = inception.FIDInceptionV3()
-  return jax.jit(lambda p, x: model.apply({"params": p}, x)["pool"]), params, sha
+  # XLA's default -O2 here, not the session's -O0 (conftest.py): for this network it compiles
+  # as fast and runs 2.3x faster (2.6 s -> 1.15 s per batch of 8 at 299x299 on 2 cores).
+  return jax.jit(lambda p, x: model.apply({"params": p}, x)["pool"],
+                 compiler_options={"xla_backend_optimization_level": 2}), params, sha
 
 
 @needs_assets
