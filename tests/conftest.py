@@ -23,8 +23,8 @@ from diffjax.parallel.distributed import tune_cpu_xla_flags  # noqa: E402
 tune_cpu_xla_flags()  # the XLA:CPU settings launch.py makes, so tests run what users run
 # One persistent compilation cache for the whole session: launch.py subprocesses (through
 # launch_util.subprocess_env) and in-process tests alike, so a program any test compiled (the
-# tiny train step on 8 devices above all) is compiled once. In-process, the train step of a
-# resumed run compiled again from scratch before (test_training's resume test: 94 s -> 68 s).
+# tiny train step on 8 devices above all) is compiled once. Without it, every in-process train()
+# compiled its step from scratch (a former test of three train() calls: 94 s -> 68 s with it).
 os.environ.setdefault("DIFFJAX_TEST_CACHE", tempfile.mkdtemp(prefix="diffjax-test-cache-"))
 import jax  # noqa: E402
 
