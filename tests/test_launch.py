@@ -18,6 +18,8 @@ import fault_injection as fi
 from launch_util import ROOT, launch, subprocess_env
 
 TINY = ["--config", "configs/default.py:tiny", "--config.sample.num_images=10"]
+# The data-source and multi-process tests: DiT-tiny (tests/dit_tiny_config.py), half the time.
+TINY_DIT = ["--config", fi.CONFIG]
 
 
 def test_digits_train_and_sample(tmp_path):
@@ -42,7 +44,7 @@ def test_array_record_source(tmp_path):
   recs = [records.encode_record(records.encode_png(src[i]["image"]), src[i]["label"])
           for i in range(len(src))]
   convert.write_shards(recs, tmp_path / "digits_ar", "train", num_shards=2)
-  out = launch(*TINY, "--workdir", tmp_path / "run", "--config.train.num_steps=4",
+  out = launch(*TINY_DIT, "--workdir", tmp_path / "run", "--config.train.num_steps=4",
                "--config.data.source=array_record",
                f"--config.data.path={tmp_path / 'digits_ar'}", "--config.sample.at_end=False")
   assert "180 training examples" in out.stdout and "step 4/4" in out.stdout
@@ -52,7 +54,7 @@ def test_tfds_source_through_mock_data(tmp_path):
   wrapper = textwrap.dedent(f"""
       import runpy, sys
       import tensorflow_datasets as tfds
-      sys.argv = ["launch.py", "--config", "configs/default.py:tiny",
+      sys.argv = ["launch.py", "--config", {fi.CONFIG!r},
                   "--workdir", {str(tmp_path / 'run')!r}, "--config.train.num_steps=3",
                   "--config.data.source=tfds", "--config.data.name=mnist",
                   "--config.data.image_size=8", "--config.sample.at_end=False"]
@@ -131,7 +133,7 @@ def test_two_processes_train_one_model_like_one_process_through_a_preemption(tmp
   both at the same step, both save it and exit 42, and the relaunched pair resumes from it and
   finishes with the single process's losses. Hybrid data-across / FSDP-within layouts are in
   test_scale (fake hosts)."""
-  common = ["--config", fi.CONFIG, "--config.train.num_steps=10", "--config.logging.log_every=1",
+  common = [*TINY_DIT, "--config.train.num_steps=10", "--config.logging.log_every=1",
             "--config.sample.at_end=False", "--config.mesh.rules=fsdp", "--config.mesh.data=2",
             "--config.mesh.fsdp=2"]
   four_devices = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
