@@ -153,15 +153,12 @@ def sigkill_after(workdir, seconds: float) -> dict:
   return {"resumed_from": resumed_from(resume.stdout)}
 
 
-def two_process_sigterm(workdir, at_step: int, port: int, args=None, devices_each: int = 1,
-                        steps: int = 16) -> dict:
-  """Two processes (``devices_each`` CPU devices each) train one model; SIGTERM reaches process
-  1 only, once process 0 has logged ``at_step``. JAX's preemption sync point must stop both at
-  the same step, both save it and exit 42; a relaunch of both resumes from it and finishes.
-  ``args`` replace the default launch.py arguments (``base_args``) of both launches."""
+def two_process_sigterm(workdir, args, at_step: int, port: int, devices_each: int) -> dict:
+  """Two processes (``devices_each`` CPU devices each) run ``launch.py *args`` into
+  ``workdir`` as one job; SIGTERM reaches process 1 only, once process 0 has logged
+  ``at_step``. JAX's preemption sync point must stop both at the same step, both save it and
+  exit 42; a relaunch of both resumes from it and finishes."""
   env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
-  if args is None:
-    args = [*base_args(workdir, steps=steps, every=1000), "--config.data.num_workers=0"]
 
   def start(i, out):
     return subprocess.Popen(

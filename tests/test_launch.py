@@ -139,8 +139,8 @@ def test_two_processes_train_one_model_like_one_process_through_a_preemption(tmp
   four_devices = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
   launch(*common, "--workdir", tmp_path / "single", env=four_devices)
   multi = tmp_path / "multi"
-  result = fi.two_process_sigterm(multi, at_step=3, port=_free_port(),
-                                  args=[*common, "--config.mesh.dcn_fsdp=2"], devices_each=2)
+  result = fi.two_process_sigterm(multi, [*common, "--config.mesh.dcn_fsdp=2"], at_step=3,
+                                  port=_free_port(), devices_each=2)
   assert result["exit_codes"] == [fi.EXIT_PREEMPTED] * 2, result["stderr"]
   step = result["saved_steps"][0]
   assert step is not None and 3 <= step < 10 and result["saved_steps"] == [step, step]
