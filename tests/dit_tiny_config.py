@@ -2,8 +2,8 @@
 whose subject is the training system rather than the network (faults, preemption, several
 processes, evaluation). Its train step traces and compiles about 3x faster at XLA:CPU -O0 and
 steps 3x faster on 8 fake CPU devices: 16 s instead of 37 s for a 24-step launch.py run with a
-warm compilation cache, 23 s instead of 54 s cold (timed by hand on one 2-core host). The UNet's runs stay in
-test_launch, test_training, test_models and test_scale.
+warm compilation cache, 23 s instead of 54 s cold (timed by hand on one 2-core host). The UNet's
+runs stay in test_launch, test_training, test_models and test_scale.
 
   python launch.py --config tests/dit_tiny_config.py --workdir /tmp/run
 """
