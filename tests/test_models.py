@@ -202,3 +202,74 @@ def test_bad_model_arguments():
                                       jnp.zeros(1))
   with pytest.raises(ValueError, match="already registered"):
     models.register_variant("unet-tiny", models.UNet)
+
+
+def test_gelu_tanh_matches_its_closed_form_and_derivative():
+  x = np.linspace(-4, 4, 81)  # beyond, float32's 1 - tanh^2 cancels (both implementations)
+  u = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+  value = 0.5 * x * (1 + np.tanh(u))
+  slope = (0.5 * (1 + np.tanh(u))
+           + 0.5 * x * (1 - np.tanh(u) ** 2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2))
+  xj = jnp.asarray(x, jnp.float32)
+  np.testing.assert_allclose(layers.gelu_tanh(xj), value, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(layers.gelu_tanh))(xj), slope, rtol=1e-5,
+                             atol=1e-5)
+
+
+def _random_params(params, scale=0.3):
+  """Every parameter replaced by noise, so no gate or output layer is zero."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+  return jax.tree.unflatten(tree, [scale * jax.random.normal(k, p.shape, p.dtype)
+                                   for k, p in zip(keys, leaves)])
+
+
+def test_dit_lean_residuals_same_gradients_fewer_activations_kept():
+  """`lean_residuals` recomputes norms, modulation, GELU and softmax in the backward pass: the
+  same outputs and gradients, and the backward pass keeps no float32 copy of an activation, no
+  attention probabilities and two (not six) tensors of the MLP's hidden size per block."""
+  b, t, d, heads = 2, 6, 16, 2
+  x = jax.random.normal(jax.random.PRNGKey(0), (b, t, d))
+  c = jax.random.normal(jax.random.PRNGKey(1), (b, d))
+
+  def block(lean, dtype=jnp.float32):
+    return models.dit.DiTBlock(hidden_size=d, num_heads=heads, lean_residuals=lean, dtype=dtype)
+
+  params = _random_params(nn.meta.unbox(block(True).init(jax.random.PRNGKey(2), x, c))["params"])
+
+  def loss(lean, dtype=jnp.float32):
+    return lambda p, x: jnp.sum(block(lean, dtype).apply({"params": p}, x, c) ** 2)
+
+  grads = {lean: jax.jit(jax.value_and_grad(loss(lean), argnums=(0, 1)))(params, x)
+           for lean in (True, False)}
+  # Float32 sums in another order: an absolute tolerance on the scale of the largest gradient
+  # (the key bias's gradient is zero in exact arithmetic, rounding noise in both).
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[False]))
+  for a, e in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-6 * scale)
+  assert float(jnp.abs(grads[True][1][0]["attn"]["query"]["dense"]["kernel"]).max()) > 0
+
+  def kept(lean):  # the residuals' shapes, nothing computed
+    f = loss(lean, jnp.bfloat16)
+    return [(r.shape, r.dtype) for r in jax.tree.leaves(
+        jax.eval_shape(lambda p, x: jax.vjp(f, p, x)[1], params, x.astype(jnp.bfloat16)))]
+
+  lean, full = kept(True), kept(False)
+  probabilities = lambda rs: [s for s, _ in rs if s[-2:] == (t, t)]
+  float32_activations = lambda rs: [s for s, dt in rs if dt == jnp.float32 and s == (b, t, d)]
+  hidden = lambda rs: [s for s, _ in rs if s == (b, t, 4 * d)]
+  assert probabilities(full) and float32_activations(full) and len(hidden(full)) == 6
+  assert not probabilities(lean) and not float32_activations(lean) and len(hidden(lean)) == 2
+  nbytes = lambda rs: sum(int(np.prod(s)) * jnp.dtype(dt).itemsize for s, dt in rs)
+  assert nbytes(lean) < 0.6 * nbytes(full), (nbytes(lean), nbytes(full))
+
+
+def test_self_attention_recomputed_probabilities_same_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
+  attn = lambda recompute: layers.SelfAttention(num_heads=2, recompute_probabilities=recompute)
+  params = _random_params(nn.meta.unbox(attn(True).init(jax.random.PRNGKey(1), x))["params"])
+  grad = lambda recompute: jax.grad(
+      lambda p, x: jnp.sum(jnp.sin(attn(recompute).apply({"params": p}, x))), argnums=(0, 1))(
+          params, x)
+  for a, e in zip(jax.tree.leaves(grad(True)), jax.tree.leaves(grad(False))):
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)

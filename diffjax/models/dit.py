@@ -12,12 +12,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffjax.models.layers import (Conv, Dense, Dtype, LabelEmbedding, NoiseEmbedding,
-                                   SelfAttention, layer_norm_no_affine,
-                                   remat_block, sincos_2d_position_embedding)
+                                   SelfAttention, gelu_tanh, layer_norm_no_affine,
+                                   recompute_in_backward, remat_block,
+                                   sincos_2d_position_embedding)
 
 
-def _modulate(x, shift, scale):
-  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+def _norm_modulate(x, shift, scale):
+  """adaLN: LayerNorm (float32 statistics) without affine, then the per-image shift and scale."""
+  return layer_norm_no_affine(x) * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+# The same, keeping only x, shift and scale for the backward pass (not the normalised x in
+# float32 and dtype): see `layers.recompute_in_backward`.
+_norm_modulate_lean = recompute_in_backward(_norm_modulate)
 
 
 class DiTBlock(nn.Module):
@@ -27,24 +34,27 @@ class DiTBlock(nn.Module):
   num_heads: int
   mlp_ratio: float = 4.0
   attention_implementation: str | None = None
+  lean_residuals: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, c):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    lean = self.lean_residuals
+    norm_modulate = _norm_modulate_lean if lean else _norm_modulate
+    gelu = gelu_tanh if lean else lambda h: nn.gelu(h, approximate=True)
     mod = Dense(6 * self.hidden_size, names=("embed", "mlp"), zero_init=True, name="adaln",
                 **kw)(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
-    h = _modulate(layer_norm_no_affine(x), shift_msa, scale_msa)
+    h = norm_modulate(x, shift_msa, scale_msa)
     h = SelfAttention(self.num_heads, implementation=self.attention_implementation,
-                      name="attn", **kw)(h)
+                      recompute_probabilities=lean, name="attn", **kw)(h)
     x = x + gate_msa[:, None, :] * h
-    h = _modulate(layer_norm_no_affine(x), shift_mlp, scale_mlp)
+    h = norm_modulate(x, shift_mlp, scale_mlp)
     h = Dense(int(self.hidden_size * self.mlp_ratio), names=("embed", "mlp"), name="mlp_in",
               **kw)(h)
-    h = Dense(self.hidden_size, names=("mlp", "embed"), name="mlp_out",
-              **kw)(nn.gelu(h, approximate=True))
+    h = Dense(self.hidden_size, names=("mlp", "embed"), name="mlp_out", **kw)(gelu(h))
     return x + gate_mlp[:, None, :] * h
 
 
@@ -62,6 +72,10 @@ class DiT(nn.Module):
     out_channels: output channels (default: input channels).
     attention_implementation: passed to ``jax.nn.dot_product_attention`` (None, "xla", "cudnn").
     remat: rematerialisation policy of every block ('' = off; ``layers.REMAT_POLICIES``).
+    lean_residuals: recompute the blocks' norms, modulation, GELU and (XLA attention) softmax
+      in the backward pass instead of keeping their intermediates: same values and gradients,
+      about half the activation memory of a block without remat (see `layers.
+      recompute_in_backward`). False keeps everything autodiff keeps, for A/B comparisons.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -75,6 +89,7 @@ class DiT(nn.Module):
   out_channels: int | None = None
   attention_implementation: str | None = None
   remat: str = ""
+  lean_residuals: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -110,12 +125,13 @@ class DiT(nn.Module):
     block = remat_block(DiTBlock, self.remat)
     for i in range(self.depth):
       tokens = block(self.hidden_size, self.num_heads, self.mlp_ratio,
-                        self.attention_implementation, name=f"block_{i}", **kw)(tokens, c)
+                     self.attention_implementation, self.lean_residuals, name=f"block_{i}",
+                     **kw)(tokens, c)
 
     out_ch = self.out_channels or channels
     shift, scale = jnp.split(Dense(2 * self.hidden_size, names=("embed", "mlp"), zero_init=True,
                                    name="final_adaln", **kw)(nn.silu(c)), 2, axis=-1)
-    tokens = _modulate(layer_norm_no_affine(tokens), shift, scale)
+    tokens = (_norm_modulate_lean if self.lean_residuals else _norm_modulate)(tokens, shift, scale)
     tokens = Dense(p * p * out_ch, names=("embed", None), zero_init=True, name="final_proj",
                    **kw)(tokens)
     out = tokens.reshape(b, gh, gw, p, p, out_ch).transpose(0, 1, 3, 2, 4, 5)

@@ -17,6 +17,7 @@ statistics and softmax are computed in float32 whatever ``dtype`` is.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -51,6 +52,18 @@ def remat_block(module_class, policy: str, static_argnums: tuple[int, ...] = ())
   if not policy:
     return module_class
   return nn.remat(module_class, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+
+
+def recompute_in_backward(fn):
+  """``fn`` whose backward pass recomputes its intermediates from its inputs.
+
+  For cheap chains (normalisation, modulation, GELU, softmax) whose autodiff would otherwise keep
+  several full-size intermediates, some in float32, until the backward pass: a ``jax.checkpoint``
+  that saves nothing, so the only residuals are ``fn``'s inputs (usually kept anyway by the layer
+  before) and its output where the next layer keeps it. Same values and gradients; the recompute
+  is elementwise work that XLA fuses into the backward pass's own kernels.
+  """
+  return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
 
 
 def partitioned(init, names: Sequence[str | None]):
@@ -158,6 +171,11 @@ def layer_norm_no_affine(x, epsilon: float = 1e-6):
   return ((x32 - mean) * jax.lax.rsqrt(var + epsilon)).astype(x.dtype)
 
 
+# tanh-approximated GELU (DiT's MLP) keeping only its input for the backward pass; its autodiff
+# keeps five more activations of the MLP's hidden size (see `recompute_in_backward`).
+gelu_tanh = recompute_in_backward(functools.partial(nn.gelu, approximate=True))
+
+
 def sinusoidal_embedding(noise_level, dim: int, max_period: float = 10000.0):
   """Transformer-style embedding of a per-example scalar (ADM/DiT layout: [cos, sin]).
 
@@ -220,12 +238,18 @@ class SelfAttention(nn.Module):
   """Multi-head self-attention over tokens [batch, tokens, width].
 
   Uses ``jax.nn.dot_product_attention`` so XLA/cuDNN can pick a fused kernel
-  (``implementation`` None lets JAX choose; "cudnn" forces flash attention on GPU).
+  (``implementation`` None lets JAX choose; "cudnn" forces flash attention on GPU). cuDNN's
+  kernel keeps only the output and the softmax statistics for its backward pass; the XLA
+  version would keep the [batch, heads, tokens, tokens] probabilities in float32 and again in
+  ``dtype``, so with ``recompute_probabilities`` (default) its backward pass recomputes them
+  from q and k (one more q.k product, a small share of a transformer block's FLOPs when tokens
+  are fewer than ~6x the width).
   """
 
   num_heads: int
   zero_init_out: bool = False
   implementation: str | None = None
+  recompute_probabilities: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -240,7 +264,10 @@ class SelfAttention(nn.Module):
     q = split(Dense(width, names=("embed", "heads"), name="query", **kw)(x))
     k = split(Dense(width, names=("embed", "heads"), name="key", **kw)(x))
     v = split(Dense(width, names=("embed", "heads"), name="value", **kw)(x))
-    out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    attend = functools.partial(jax.nn.dot_product_attention, implementation=self.implementation)
+    if self.recompute_probabilities and self.implementation != "cudnn":
+      attend = recompute_in_backward(attend)
+    out = attend(q, k, v)
     out = out.reshape(batch, tokens, width)
     return Dense(width, names=("heads", "embed"), zero_init=self.zero_init_out, name="out",
                  **kw)(out)

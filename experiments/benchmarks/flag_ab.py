@@ -1,6 +1,6 @@
-"""A/B of XLA_FLAGS (or other environment variables) on one config's train step: the two
-settings alternate, each in a fresh process, on the same machine in the same run, so
-host-to-host differences cannot decide it.
+"""A/B of XLA_FLAGS, other environment variables or config overrides on one config's train
+step: the two settings alternate, each in a fresh process, on the same machine in the same run,
+so host-to-host differences cannot decide it.
 
   python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \\
       --a=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution \\
@@ -10,9 +10,12 @@ host-to-host differences cannot decide it.
       --results ab_command_buffer_gpu                                     # on a GPU
   python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \\
       --a_env=GLIBC_TUNABLES=glibc.malloc.hugetlb=0 --results ab_hugetlb_cpu   # malloc huge pages
+  python experiments/benchmarks/flag_ab.py --config dit_b2_latent --dtype bfloat16 \
+      --a_set=model.kwargs.lean_residuals=False --results ab_lean_residuals_cpu  # a config field
 
 Each round runs A then B (``train_throughput.py --only=jax``, median step time of its windows);
-the table gives every round's step time, the medians and B's speed relative to A. Writes
+the table gives every round's step time, the medians, each setting's compiled memory per device
+(XLA's estimate: arguments + temporaries) and B's speed relative to A. Writes
 ``<results>.md`` and ``<results>.json`` beside this file.
 """
 
@@ -35,6 +38,9 @@ flags.DEFINE_string("a", "", "XLA_FLAGS of setting A (added to the environment's
 flags.DEFINE_string("b", "", "XLA_FLAGS of setting B (added to the environment's)")
 flags.DEFINE_multi_string("a_env", [], "NAME=VALUE set in setting A's environment")
 flags.DEFINE_multi_string("b_env", [], "NAME=VALUE set in setting B's environment")
+flags.DEFINE_multi_string("a_set", [], "path=value config override of setting A "
+                          "(appended to --config as +path=value)")
+flags.DEFINE_multi_string("b_set", [], "path=value config override of setting B")
 flags.DEFINE_integer("rounds", 2, "A, B rounds")
 flags.DEFINE_integer("steps", 5, "timed steps per window")
 flags.DEFINE_integer("windows", 2, "windows per process")
@@ -74,13 +80,35 @@ def check_setting(name: str, flags_value: str, extra_env: dict[str, str]) -> Non
                          f"(exit {done.returncode}): {why.strip()[:300]}")
 
 
-def run_once(flags_value: str, extra_env: dict[str, str]) -> dict:
-  """One process of train_throughput.py for the config under ``XLA_FLAGS += flags_value`` and
+def setting_config(overrides: list[str], flag: str) -> str:
+  """``--config`` with a setting's ``path=value`` overrides as ``+path=value``."""
+  bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0] or "+" in o]
+  if bad:
+    raise app.UsageError(f"--{flag} wants path=value (no '+'), got {bad[0]!r}")
+  return FLAGS.config + "".join(f"+{o}" for o in overrides)
+
+
+def check_config(name: str, config: str) -> None:
+  """Validates a setting's config (overrides included, network traced on the data shape) in a
+  child process, so a misspelt field fails here, naming it, before any round."""
+  code = ("import sys; sys.path[:0] = sys.argv[1:3]; import train_throughput as tt; "
+          "from diffjax.spec import build_spec; n, _, o = tt.parse_name(sys.argv[3]); "
+          "build_spec(tt.get_config(n, o), num_devices=1)")
+  done = subprocess.run([sys.executable, "-c", code, str(HERE), str(HERE.parents[1]), config],
+                        capture_output=True, text=True)
+  if done.returncode:
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    raise app.UsageError(f"setting {name} ({config}): the config is not valid: "
+                         f"{lines[-1].strip()[:400] if lines else done.returncode}")
+
+
+def run_once(flags_value: str, extra_env: dict[str, str], config: str) -> dict:
+  """One process of train_throughput.py for ``config`` under ``XLA_FLAGS += flags_value`` and
   ``extra_env``."""
   env = setting_env(flags_value, extra_env)
   with tempfile.TemporaryDirectory() as tmp:
     row_file = pathlib.Path(tmp) / "row.json"
-    cmd = [sys.executable, str(HERE / "train_throughput.py"), f"--configs={FLAGS.config}",
+    cmd = [sys.executable, str(HERE / "train_throughput.py"), f"--configs={config}",
            f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
            f"--row_file={row_file}", "--only=jax"]
     cmd += [f"--dtype={FLAGS.dtype}"] if FLAGS.dtype else []
@@ -95,13 +123,15 @@ def main(argv):
   del argv
   settings = {"A": FLAGS.a, "B": FLAGS.b}
   envs = {"A": parse_env(FLAGS.a_env, "a_env"), "B": parse_env(FLAGS.b_env, "b_env")}
+  configs = {"A": setting_config(FLAGS.a_set, "a_set"), "B": setting_config(FLAGS.b_set, "b_set")}
   for name, value in settings.items():
     check_setting(name, value, envs[name])
+    check_config(name, configs[name])
   times = {k: [] for k in settings}
   rows = []
   for r in range(FLAGS.rounds):
     for name, value in settings.items():
-      row = run_once(value, envs[name])
+      row = run_once(value, envs[name], configs[name])
       row.update(round=r + 1, setting=name)
       rows.append(row)
       print(json.dumps(row), flush=True)
@@ -111,8 +141,12 @@ def main(argv):
   ratio = (round(median["A"] / median["B"], 3) if median["A"] and median["B"] else None)
   device = next((r.get("device") for r in rows if r.get("device")), None)
   host_cpu = cpu_description()
+  memory = {k: next((r.get("memory_mb_per_device") for r in rows
+                     if r["setting"] == k and r.get("memory_mb_per_device")), None)
+            for k in settings}
   meta = {"host_cpu": host_cpu, "config": FLAGS.config, "settings": settings,
-          "environment": envs, "rows": rows,
+          "environment": envs, "config_per_setting": configs, "rows": rows,
+          "memory_mb_per_device": memory,
           "median_step_ms": median,
           "b_speedup_over_a": ratio, "steps": FLAGS.steps, "windows": FLAGS.windows,
           "device": device}
@@ -121,14 +155,15 @@ def main(argv):
            f"{host_cpu}; {FLAGS.rounds} rounds of A then B, "
            f"each a fresh process; step time = median of {FLAGS.windows} windows of "
            f"{FLAGS.steps} steps)", "",
-           "| setting | XLA_FLAGS | environment | step ms by round | median step ms |",
-           "|---|---|---|---|---|"]
+           "| setting | XLA_FLAGS | environment | config | step ms by round | median step ms "
+           "| memory MB per device |",
+           "|---|---|---|---|---|---|---|"]
   for name, value in settings.items():
     per_round = ", ".join(f"{t:.1f}" for t in times[name]) or "failed"
     med = f"{median[name]:.1f}" if median[name] else "-"
     env = " ".join(f"{k}={v}" for k, v in envs[name].items())
-    lines.append(f"| {name} | `{value or '(none)'}` | `{env or '(unchanged)'}` | {per_round} "
-                 f"| {med} |")
+    lines.append(f"| {name} | `{value or '(none)'}` | `{env or '(unchanged)'}` "
+                 f"| `{configs[name]}` | {per_round} | {med} | {memory[name] or '-'} |")
   lines += ["", f"B / A speed: {ratio}x" if ratio else "B / A speed: -"]
   (HERE / f"{FLAGS.results}.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))

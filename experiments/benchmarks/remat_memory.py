@@ -10,11 +10,10 @@ Takes train_throughput.py's row names (``--configs``) and its ``--batch``, ``--d
 ``--attention``. Writes ``remat_<backend>.{md,json}`` beside this file (``--results``
 renames them).
 
-On XLA:CPU the two disagree: its pipeline expands the optimisation barriers that
-`jax.checkpoint` places against common-subexpression elimination (the pass
-``cse_barrier_expander``, early in the passes before layout assignment) before its CSE runs, so
-the recomputation merges back into the forward pass and the compiled step keeps about as much
-as without remat (see ``remat_cpu.md``).
+On XLA:CPU the two agreed only once `tune_cpu_xla_flags` disabled the pass
+``cse_barrier_expander``: it expands the optimisation barriers that `jax.checkpoint` places
+against common-subexpression elimination before CSE runs, so the recomputation merged back into
+the forward pass and the compiled step kept about as much as without remat.
 """
 
 import json
