@@ -273,3 +273,36 @@ def test_self_attention_recomputed_probabilities_same_gradients():
           params, x)
   for a, e in zip(jax.tree.leaves(grad(True)), jax.tree.leaves(grad(False))):
     np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale_shift_norm", [False, True])
+def test_unet_block_lean_residuals_same_gradients_no_float32_copies(scale_shift_norm):
+  """GroupNorm (+SiLU) recomputed in the backward pass: same gradients, and the block's backward
+  pass keeps no float32 copy of a feature map (the plain autodiff keeps two per norm)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
+  emb = jax.random.normal(jax.random.PRNGKey(1), (2, 12))
+
+  def block(lean, dtype=jnp.float32):
+    return models.unet.ResBlock(16, scale_shift_norm=scale_shift_norm, norm_groups=4,
+                                lean_residuals=lean, dtype=dtype)
+
+  params = _random_params(nn.meta.unbox(
+      block(True).init(jax.random.PRNGKey(2), x, emb, False))["params"])
+  loss = lambda lean, dtype=jnp.float32: lambda p, x: jnp.sum(
+      block(lean, dtype).apply({"params": p}, x, emb, False).astype(jnp.float32) ** 2)
+  grads = {lean: jax.jit(jax.grad(loss(lean), argnums=(0, 1)))(params, x) for lean in (1, 0)}
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0]))
+  for a, e in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0])):
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-6 * scale)
+
+  def kept(lean):  # a loss linear in the output, so the loss itself keeps nothing
+    f = lambda p, x: jnp.sum(block(lean, jnp.bfloat16).apply({"params": p}, x, emb, False)
+                             .astype(jnp.float32))
+    return [(r.shape, r.dtype) for r in jax.tree.leaves(
+        jax.eval_shape(lambda p, x: jax.vjp(f, p, x)[1], params, x.astype(jnp.bfloat16)))]
+
+  maps = lambda rs: [(s, dt) for s, dt in rs if len(s) == 4 and s[:3] == (2, 4, 4)]
+  float32_maps = lambda rs: [s for s, dt in maps(rs) if dt == jnp.float32]
+  assert len(float32_maps(kept(False))) >= 4 and not float32_maps(kept(True))
+  nbytes = lambda rs: sum(int(np.prod(s)) * jnp.dtype(dt).itemsize for s, dt in rs)
+  assert nbytes(maps(kept(True))) < 0.6 * nbytes(maps(kept(False)))

@@ -112,7 +112,7 @@ class Conv(nn.Module):
                    bias_init=partitioned(zeros, ("conv_out",)), name="conv")(x)
 
 
-class _GroupNormCore(nn.Module):
+def _group_norm(x, scale, bias, groups: int, epsilon: float, dtype, activation=None):
   """Group normalisation of NHWC (or [..., C]) input from per-channel statistics.
 
   The statistics are reduced over the spatial axes per channel first (a reduction that keeps the
@@ -120,47 +120,64 @@ class _GroupNormCore(nn.Module):
   the channels of each group; normalisation is then one multiply-add per element with
   per-(example, channel) coefficients. Same function as ``nn.GroupNorm`` (fast variance,
   E[x^2] - E[x]^2, in float32), without its [..., groups, channels/group] reshape, whose
-  reduction over non-adjacent axes costs an extra transpose of the activation.
+  reduction over non-adjacent axes costs an extra transpose of the activation. ``activation``
+  (e.g. SiLU) is applied to the result, in ``dtype``.
   """
+  channels = x.shape[-1]
+  x32 = x.astype(jnp.float32)
+  spatial = tuple(range(1, x.ndim - 1))
+  mean_c = jnp.mean(x32, axis=spatial)  # [B, C]
+  meansq_c = jnp.mean(jnp.square(x32), axis=spatial)
+  group = lambda s: jnp.mean(s.reshape(s.shape[0], groups, channels // groups), axis=-1)
+  mean, meansq = group(mean_c), group(meansq_c)  # [B, G]
+  inv = jax.lax.rsqrt(jnp.maximum(meansq - jnp.square(mean), 0.0) + epsilon)
+  expand = lambda g: jnp.repeat(g, channels // groups, axis=-1)  # [B, G] -> [B, C]
+  a = expand(inv) * scale.astype(jnp.float32)
+  b = bias.astype(jnp.float32) - expand(mean) * a
+  bcast = (x.shape[0],) + (1,) * len(spatial) + (channels,)
+  out = (x32 * a.reshape(bcast) + b.reshape(bcast)).astype(dtype)
+  return activation(out) if activation else out
+
+
+class _GroupNormCore(nn.Module):
+  """`_group_norm` with its scale and bias; ``lean`` recomputes it in the backward pass."""
 
   num_groups: int
   epsilon: float
   dtype: Dtype
   param_dtype: Dtype
+  activation: Any = None
+  lean: bool = True
 
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
-    groups = self.num_groups
     scale = self.param("scale", partitioned(nn.initializers.ones, ("norm",)), (channels,),
                        self.param_dtype)
     bias = self.param("bias", partitioned(zeros, ("norm",)), (channels,), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    spatial = tuple(range(1, x.ndim - 1))
-    mean_c = jnp.mean(x32, axis=spatial)  # [B, C]
-    meansq_c = jnp.mean(jnp.square(x32), axis=spatial)
-    group = lambda s: jnp.mean(s.reshape(s.shape[0], groups, channels // groups), axis=-1)
-    mean, meansq = group(mean_c), group(meansq_c)  # [B, G]
-    inv = jax.lax.rsqrt(jnp.maximum(meansq - jnp.square(mean), 0.0) + self.epsilon)
-    expand = lambda g: jnp.repeat(g, channels // groups, axis=-1)  # [B, G] -> [B, C]
-    a = expand(inv) * scale.astype(jnp.float32)
-    b = bias.astype(jnp.float32) - expand(mean) * a
-    bcast = (x.shape[0],) + (1,) * len(spatial) + (channels,)
-    return (x32 * a.reshape(bcast) + b.reshape(bcast)).astype(self.dtype)
+    norm = functools.partial(_group_norm, groups=self.num_groups, epsilon=self.epsilon,
+                             dtype=self.dtype, activation=self.activation)
+    return (recompute_in_backward(norm) if self.lean else norm)(x, scale, bias)
 
 
 class GroupNorm(nn.Module):
-  """Group normalisation computed in float32, returned in ``dtype`` (see `_GroupNormCore`)."""
+  """Group normalisation computed in float32, returned in ``dtype`` (see `_group_norm`), then
+  ``activation`` if given. With ``lean`` (default) the backward pass keeps only the input and
+  recomputes the rest (`recompute_in_backward`) instead of keeping float32 copies of the
+  activation and the normalised one."""
 
   num_groups: int = 32
   epsilon: float = 1e-6
+  activation: Any = None
+  lean: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     groups = math.gcd(self.num_groups, x.shape[-1])  # tiny test widths need fewer groups
-    return _GroupNormCore(groups, self.epsilon, self.dtype, self.param_dtype, name="norm")(x)
+    return _GroupNormCore(groups, self.epsilon, self.dtype, self.param_dtype, self.activation,
+                          self.lean, name="norm")(x)
 
 
 def layer_norm_no_affine(x, epsilon: float = 1e-6):

@@ -46,13 +46,16 @@ class ResBlock(nn.Module):
   skip_rescale: bool = False
   resample: str | None = None  # None, "up" or "down"
   norm_groups: int = 32
+  lean_residuals: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = nn.silu(GroupNorm(self.norm_groups, name="norm1", **kw)(x))
+    norm = lambda name, **a: GroupNorm(self.norm_groups, lean=self.lean_residuals, name=name,
+                                       **a, **kw)
+    h = norm("norm1", activation=nn.silu)(x)
     if self.resample == "up":
       h, x = _upsample_nearest(h), _upsample_nearest(x)
     elif self.resample == "down":
@@ -62,10 +65,10 @@ class ResBlock(nn.Module):
               name="emb_proj", **kw)(nn.silu(emb))[:, None, None, :]
     if self.scale_shift_norm:
       scale, shift = jnp.split(e, 2, axis=-1)
-      h = GroupNorm(self.norm_groups, name="norm2", **kw)(h) * (1 + scale) + shift
+      h = nn.silu(norm("norm2")(h) * (1 + scale) + shift)
     else:
-      h = GroupNorm(self.norm_groups, name="norm2", **kw)(h + e)
-    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+      h = norm("norm2", activation=nn.silu)(h + e)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = Conv(self.out_channels, zero_init=True, name="conv2", **kw)(h)
     if x.shape[-1] != self.out_channels:
       x = Conv(self.out_channels, kernel_size=1, name="skip", **kw)(x)
@@ -79,6 +82,7 @@ class AttentionBlock(nn.Module):
   num_heads: int
   skip_rescale: bool = False
   norm_groups: int = 32
+  lean_residuals: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -86,8 +90,10 @@ class AttentionBlock(nn.Module):
   def __call__(self, x):
     b, h, w, c = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y = GroupNorm(self.norm_groups, name="norm", **kw)(x).reshape(b, h * w, c)
-    y = SelfAttention(self.num_heads, zero_init_out=True, name="attn", **kw)(y)
+    y = GroupNorm(self.norm_groups, lean=self.lean_residuals, name="norm", **kw)(x)
+    y = SelfAttention(self.num_heads, zero_init_out=True,
+                      recompute_probabilities=self.lean_residuals, name="attn",
+                      **kw)(y.reshape(b, h * w, c))
     out = x + y.reshape(b, h, w, c)
     return out / math.sqrt(2.0) if self.skip_rescale else out
 
@@ -114,6 +120,9 @@ class UNet(nn.Module):
     norm_groups: GroupNorm groups.
     remat: rematerialisation policy of every residual and attention block ('' = off; see
       ``layers.REMAT_POLICIES``): less activation memory, same results.
+    lean_residuals: recompute GroupNorm (+SiLU) and the XLA attention's softmax in the backward
+      pass instead of keeping their float32 intermediates (`layers.recompute_in_backward`);
+      False keeps everything autodiff keeps, for A/B comparisons.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -133,6 +142,7 @@ class UNet(nn.Module):
   emb_mult: int = 4
   norm_groups: int = 32
   remat: str = ""
+  lean_residuals: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -160,8 +170,10 @@ class UNet(nn.Module):
       emb = emb + LabelEmbedding(self.num_classes, emb_dim, self.class_dropout,
                                  name="label_embed", **kw)(labels, train)
     block = dict(dropout=self.dropout, scale_shift_norm=self.scale_shift_norm,
-                 skip_rescale=self.skip_rescale, norm_groups=self.norm_groups, **kw)
-    attn = dict(skip_rescale=self.skip_rescale, norm_groups=self.norm_groups, **kw)
+                 skip_rescale=self.skip_rescale, norm_groups=self.norm_groups,
+                 lean_residuals=self.lean_residuals, **kw)
+    attn = dict(skip_rescale=self.skip_rescale, norm_groups=self.norm_groups,
+                lean_residuals=self.lean_residuals, **kw)
     res_block = remat_block(ResBlock, self.remat, static_argnums=(3,))
     attn_block = remat_block(AttentionBlock, self.remat)
 
@@ -201,5 +213,6 @@ class UNet(nn.Module):
           h = Conv(h.shape[-1], name=f"up_{level}_resample", **kw)(_upsample_nearest(h))
         res *= 2
 
-    h = nn.silu(GroupNorm(self.norm_groups, name="norm_out", **kw)(h))
+    h = GroupNorm(self.norm_groups, activation=nn.silu, lean=self.lean_residuals,
+                  name="norm_out", **kw)(h)
     return Conv(self.out_channels or x.shape[-1], zero_init=True, name="conv_out", **kw)(h)
