@@ -260,6 +260,9 @@ def test_dit_lean_residuals_same_gradients_fewer_activations_kept():
   hidden = lambda rs: [s for s, _ in rs if s == (b, t, 4 * d)]
   assert probabilities(full) and float32_activations(full) and len(hidden(full)) == 6
   assert not probabilities(lean) and not float32_activations(lean) and len(hidden(lean)) == 2
+  # ... but the two norms' per-token statistics (mean, 1/std), so the recompute does not reduce
+  # over the activation again.
+  assert sum(s == (b, t, 1) and dt == jnp.float32 for s, dt in lean) == 4
   nbytes = lambda rs: sum(int(np.prod(s)) * jnp.dtype(dt).itemsize for s, dt in rs)
   assert nbytes(lean) < 0.6 * nbytes(full), (nbytes(lean), nbytes(full))
 

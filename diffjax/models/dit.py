@@ -11,9 +11,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffjax.models.layers import (Conv, Dense, Dtype, LabelEmbedding, NoiseEmbedding,
-                                   SelfAttention, gelu_tanh, layer_norm_no_affine,
-                                   recompute_in_backward, remat_block,
+from diffjax.models.layers import (NORM_STATISTICS, Conv, Dense, Dtype, LabelEmbedding,
+                                   NoiseEmbedding, SelfAttention, gelu_tanh,
+                                   layer_norm_no_affine, recompute_in_backward, remat_block,
                                    sincos_2d_position_embedding)
 
 
@@ -22,9 +22,9 @@ def _norm_modulate(x, shift, scale):
   return layer_norm_no_affine(x) * (1 + scale[:, None, :]) + shift[:, None, :]
 
 
-# The same, keeping only x, shift and scale for the backward pass (not the normalised x in
-# float32 and dtype): see `layers.recompute_in_backward`.
-_norm_modulate_lean = recompute_in_backward(_norm_modulate)
+# The same, keeping only x, shift, scale and the per-token statistics for the backward pass
+# (not the normalised x in float32 and dtype): see `layers.recompute_in_backward`.
+_norm_modulate_lean = recompute_in_backward(_norm_modulate, keep=(NORM_STATISTICS,))
 
 
 class DiTBlock(nn.Module):

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -54,16 +55,24 @@ def remat_block(module_class, policy: str, static_argnums: tuple[int, ...] = ())
   return nn.remat(module_class, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
 
 
-def recompute_in_backward(fn):
+# Name of the per-example normalisation statistics that a lean norm keeps for its backward pass.
+NORM_STATISTICS = "norm_statistics"
+
+
+def recompute_in_backward(fn, keep: tuple[str, ...] = ()):
   """``fn`` whose backward pass recomputes its intermediates from its inputs.
 
   For cheap chains (normalisation, modulation, GELU, softmax) whose autodiff would otherwise keep
   several full-size intermediates, some in float32, until the backward pass: a ``jax.checkpoint``
-  that saves nothing, so the only residuals are ``fn``'s inputs (usually kept anyway by the layer
-  before) and its output where the next layer keeps it. Same values and gradients; the recompute
-  is elementwise work that XLA fuses into the backward pass's own kernels.
+  that saves only the values named (``jax.ad_checkpoint.checkpoint_name``) in ``keep``, so the
+  residuals are ``fn``'s inputs (usually kept anyway by the layer before) and those values.
+  Norms keep their per-example statistics (`NORM_STATISTICS`, a few numbers per example or
+  token), so the recompute is elementwise work that XLA fuses into the backward pass's own
+  kernels, with no second reduction over the activation. Same values and gradients.
   """
-  return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+  policy = (jax.checkpoint_policies.save_only_these_names(*keep) if keep
+            else jax.checkpoint_policies.nothing_saveable)
+  return jax.checkpoint(fn, policy=policy)
 
 
 def partitioned(init, names: Sequence[str | None]):
@@ -132,6 +141,7 @@ def _group_norm(x, scale, bias, groups: int, epsilon: float, dtype, activation=N
   mean, meansq = group(mean_c), group(meansq_c)  # [B, G]
   inv = jax.lax.rsqrt(jnp.maximum(meansq - jnp.square(mean), 0.0) + epsilon)
   expand = lambda g: jnp.repeat(g, channels // groups, axis=-1)  # [B, G] -> [B, C]
+  mean, inv = checkpoint_name(mean, NORM_STATISTICS), checkpoint_name(inv, NORM_STATISTICS)
   a = expand(inv) * scale.astype(jnp.float32)
   b = bias.astype(jnp.float32) - expand(mean) * a
   bcast = (x.shape[0],) + (1,) * len(spatial) + (channels,)
@@ -157,7 +167,8 @@ class _GroupNormCore(nn.Module):
     bias = self.param("bias", partitioned(zeros, ("norm",)), (channels,), self.param_dtype)
     norm = functools.partial(_group_norm, groups=self.num_groups, epsilon=self.epsilon,
                              dtype=self.dtype, activation=self.activation)
-    return (recompute_in_backward(norm) if self.lean else norm)(x, scale, bias)
+    return (recompute_in_backward(norm, keep=(NORM_STATISTICS,)) if self.lean else norm)(
+        x, scale, bias)
 
 
 class GroupNorm(nn.Module):
@@ -185,7 +196,9 @@ def layer_norm_no_affine(x, epsilon: float = 1e-6):
   x32 = x.astype(jnp.float32)
   mean = jnp.mean(x32, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-  return ((x32 - mean) * jax.lax.rsqrt(var + epsilon)).astype(x.dtype)
+  mean = checkpoint_name(mean, NORM_STATISTICS)
+  inv = checkpoint_name(jax.lax.rsqrt(var + epsilon), NORM_STATISTICS)
+  return ((x32 - mean) * inv).astype(x.dtype)
 
 
 # tanh-approximated GELU (DiT's MLP) keeping only its input for the backward pass; its autodiff
