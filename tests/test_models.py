@@ -216,6 +216,24 @@ def test_gelu_tanh_matches_its_closed_form_and_derivative():
                              atol=1e-5)
 
 
+def _kept(f, *args):
+  """(shape, dtype) of each residual the backward pass of ``f`` keeps; nothing is computed."""
+  return [(r.shape, r.dtype) for r in jax.tree.leaves(
+      jax.eval_shape(lambda *a: jax.vjp(f, *a)[1], *args))]
+
+
+def _assert_same_gradients(actual, expected):
+  """Float32 sums in another order: an absolute tolerance on the scale of the largest gradient
+  (a gradient that is zero in exact arithmetic, like a key bias's, is rounding noise in both)."""
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(expected))
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-6 * scale)
+
+
+def _nbytes(kept):
+  return sum(int(np.prod(s)) * jnp.dtype(dt).itemsize for s, dt in kept)
+
+
 def _random_params(params, scale=0.3):
   """Every parameter replaced by noise, so no gate or output layer is zero."""
   leaves, tree = jax.tree.flatten(params)
@@ -242,19 +260,11 @@ def test_dit_lean_residuals_same_gradients_fewer_activations_kept():
 
   grads = {lean: jax.jit(jax.value_and_grad(loss(lean), argnums=(0, 1)))(params, x)
            for lean in (True, False)}
-  # Float32 sums in another order: an absolute tolerance on the scale of the largest gradient
-  # (the key bias's gradient is zero in exact arithmetic, rounding noise in both).
-  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[False]))
-  for a, e in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
-    np.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-6 * scale)
+  _assert_same_gradients(grads[True], grads[False])
   assert float(jnp.abs(grads[True][1][0]["attn"]["query"]["dense"]["kernel"]).max()) > 0
 
-  def kept(lean):  # the residuals' shapes, nothing computed
-    f = loss(lean, jnp.bfloat16)
-    return [(r.shape, r.dtype) for r in jax.tree.leaves(
-        jax.eval_shape(lambda p, x: jax.vjp(f, p, x)[1], params, x.astype(jnp.bfloat16)))]
-
-  lean, full = kept(True), kept(False)
+  lean, full = (_kept(loss(lean, jnp.bfloat16), params, x.astype(jnp.bfloat16))
+                for lean in (True, False))
   probabilities = lambda rs: [s for s, _ in rs if s[-2:] == (t, t)]
   float32_activations = lambda rs: [s for s, dt in rs if dt == jnp.float32 and s == (b, t, d)]
   hidden = lambda rs: [s for s, _ in rs if s == (b, t, 4 * d)]
@@ -263,8 +273,7 @@ def test_dit_lean_residuals_same_gradients_fewer_activations_kept():
   # ... but the two norms' per-token statistics (mean, 1/std), so the recompute does not reduce
   # over the activation again.
   assert sum(s == (b, t, 1) and dt == jnp.float32 for s, dt in lean) == 4
-  nbytes = lambda rs: sum(int(np.prod(s)) * jnp.dtype(dt).itemsize for s, dt in rs)
-  assert nbytes(lean) < 0.6 * nbytes(full), (nbytes(lean), nbytes(full))
+  assert _nbytes(lean) < 0.6 * _nbytes(full), (_nbytes(lean), _nbytes(full))
 
 
 def test_self_attention_recomputed_probabilities_same_gradients():
@@ -274,8 +283,7 @@ def test_self_attention_recomputed_probabilities_same_gradients():
   grad = lambda recompute: jax.grad(
       lambda p, x: jnp.sum(jnp.sin(attn(recompute).apply({"params": p}, x))), argnums=(0, 1))(
           params, x)
-  for a, e in zip(jax.tree.leaves(grad(True)), jax.tree.leaves(grad(False))):
-    np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+  _assert_same_gradients(grad(True), grad(False))
 
 
 @pytest.mark.parametrize("scale_shift_norm", [False, True])
@@ -294,18 +302,14 @@ def test_unet_block_lean_residuals_same_gradients_no_float32_copies(scale_shift_
   loss = lambda lean, dtype=jnp.float32: lambda p, x: jnp.sum(
       block(lean, dtype).apply({"params": p}, x, emb, False).astype(jnp.float32) ** 2)
   grads = {lean: jax.jit(jax.grad(loss(lean), argnums=(0, 1)))(params, x) for lean in (1, 0)}
-  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[0]))
-  for a, e in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0])):
-    np.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-6 * scale)
+  _assert_same_gradients(grads[1], grads[0])
 
   def kept(lean):  # a loss linear in the output, so the loss itself keeps nothing
     f = lambda p, x: jnp.sum(block(lean, jnp.bfloat16).apply({"params": p}, x, emb, False)
                              .astype(jnp.float32))
-    return [(r.shape, r.dtype) for r in jax.tree.leaves(
-        jax.eval_shape(lambda p, x: jax.vjp(f, p, x)[1], params, x.astype(jnp.bfloat16)))]
+    return _kept(f, params, x.astype(jnp.bfloat16))
 
   maps = lambda rs: [(s, dt) for s, dt in rs if len(s) == 4 and s[:3] == (2, 4, 4)]
   float32_maps = lambda rs: [s for s, dt in maps(rs) if dt == jnp.float32]
   assert len(float32_maps(kept(False))) >= 4 and not float32_maps(kept(True))
-  nbytes = lambda rs: sum(int(np.prod(s)) * jnp.dtype(dt).itemsize for s, dt in rs)
-  assert nbytes(maps(kept(True))) < 0.6 * nbytes(maps(kept(False)))
+  assert _nbytes(maps(kept(True))) < 0.6 * _nbytes(maps(kept(False)))

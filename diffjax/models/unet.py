@@ -46,7 +46,7 @@ class ResBlock(nn.Module):
   skip_rescale: bool = False
   resample: str | None = None  # None, "up" or "down"
   norm_groups: int = 32
-  lean_residuals: bool = True
+  lean_residuals: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -82,7 +82,7 @@ class AttentionBlock(nn.Module):
   num_heads: int
   skip_rescale: bool = False
   norm_groups: int = 32
-  lean_residuals: bool = True
+  lean_residuals: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -121,8 +121,11 @@ class UNet(nn.Module):
     remat: rematerialisation policy of every residual and attention block ('' = off; see
       ``layers.REMAT_POLICIES``): less activation memory, same results.
     lean_residuals: recompute GroupNorm (+SiLU) and the XLA attention's softmax in the backward
-      pass instead of keeping their float32 intermediates (`layers.recompute_in_backward`);
-      False keeps everything autodiff keeps, for A/B comparisons.
+      pass instead of keeping their float32 intermediates (`layers.recompute_in_backward`): the
+      DDPM CIFAR-10 UNet's backward pass keeps 2.6 GB instead of 7.9 GB at batch 128 (bf16).
+      Off by default: on a 2-core CPU host its step ran 8-10% slower with it (float32, batch 16,
+      `experiments/benchmarks/ab_lean_residuals_unet_cpu.md`); turn it on where activations
+      limit the batch.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
@@ -142,7 +145,7 @@ class UNet(nn.Module):
   emb_mult: int = 4
   norm_groups: int = 32
   remat: str = ""
-  lean_residuals: bool = True
+  lean_residuals: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 

@@ -3,6 +3,9 @@
 #   bash experiments/benchmarks/gpu.sh [cudnn|xla] [configs] [more train_throughput.py flags]
 #   bash experiments/benchmarks/gpu.sh ab [flag_ab.py flags]   (XLA_FLAGS A/B, e.g. command buffers)
 #   bash experiments/benchmarks/gpu.sh remat [remat_memory.py flags]  (what remat saves, compile only)
+#   bash experiments/benchmarks/gpu.sh ab --config dit_xl2_latent@64 --dtype bfloat16 \
+#     --attention cudnn --a_set=model.kwargs.lean_residuals=False --results ab_lean_residuals_gpu
+#                                      (speed and memory of lean residuals against keeping all)
 # Train-step images/s, MFU (XLA cost analysis / the chip's peak) and diffjax-vs-PyTorch
 # (diffusers' twin networks, same batch, same run) for the DDPM CIFAR-10 UNet and DiT-B/2 and
 # DiT-XL/2 on ImageNet-256 latent shapes, all in bf16. Writes
@@ -33,7 +36,7 @@ if [ "${1:-}" = remat ]; then
   exit
 fi
 attention=${1:-cudnn}
-configs=${2:-cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@64}
+configs=${2:-cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@128}
 shift $(( $# < 2 ? $# : 2 ))
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
