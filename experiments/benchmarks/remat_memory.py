@@ -4,6 +4,9 @@ the same on every backend) beside the temporary memory of the compiled train ste
 (what the backend's compiler makes of it). Compiles only; runs no step.
 
   python experiments/benchmarks/remat_memory.py                      # CPU: UNet, MNIST UNet
+  python experiments/benchmarks/remat_memory.py --nocompile --policies=none --dtype bfloat16 \
+      --configs dit_xl2_latent@128,dit_xl2_latent@128+model.kwargs.lean_residuals=False \
+      --results residuals_lean                         # what lean residuals save, any size
   bash experiments/benchmarks/gpu.sh remat                 # on a GPU: DiT-XL/2 and the UNet
 
 Takes train_throughput.py's row names (``--configs``) and its ``--batch``, ``--dtype`` and
@@ -27,7 +30,9 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import train_throughput as tt  # noqa: E402  (its flags: --configs, --batch, --dtype, ...)
 
-flags.DEFINE_list("policies", ["", "full", "dots"], "remat policies ('' = none)")
+flags.DEFINE_list("policies", ["", "full", "dots"], "remat policies ('' or none = off)")
+flags.DEFINE_bool("compile", True, "also compile the step for its memory per device (off: the "
+                  "residuals only, seconds per row at any size, e.g. DiT-XL/2 at batch 128)")
 FLAGS = flags.FLAGS
 FLAGS.set_default("configs", ["cifar10_ddpm", "mnist:cpu"])
 
@@ -68,11 +73,14 @@ def measure(label: str, policy: str) -> dict:
   spec = tt.latent_spec(name, build_spec(config, num_devices=len(devices), check_network=False))
   mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
   setup = setup_state(spec, mesh)
+  row = {"config": label, "remat": policy or "none", "devices": len(devices),
+         "batch": spec.data.batch_size,
+         "residual_mb_whole_batch": round(residual_bytes(spec, setup) / MB, 1)}
+  if not FLAGS.compile:
+    return row
   t0 = time.perf_counter()
   memory = compile_step(setup, spec, mesh).memory_analysis()
-  row = {"config": label, "remat": policy or "none", "devices": len(devices),
-         "batch": spec.data.batch_size, "compile_s": round(time.perf_counter() - t0, 1),
-         "residual_mb_whole_batch": round(residual_bytes(spec, setup) / MB, 1)}
+  row["compile_s"] = round(time.perf_counter() - t0, 1)
   if memory is not None:
     row.update(temp_mb_per_device=round(memory.temp_size_in_bytes / MB, 1),
                argument_mb_per_device=round(memory.argument_size_in_bytes / MB, 1))
@@ -87,7 +95,7 @@ def main(argv):
   import jax
   rows = []
   for label in FLAGS.configs:
-    for policy in FLAGS.policies:
+    for policy in ("" if p == "none" else p for p in FLAGS.policies):
       try:
         row = measure(label, policy)
       except Exception as e:  # e.g. out of memory at compile time: keep the other rows
