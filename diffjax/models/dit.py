@@ -74,8 +74,9 @@ class DiT(nn.Module):
     remat: rematerialisation policy of every block ('' = off; ``layers.REMAT_POLICIES``).
     lean_residuals: recompute the blocks' norms, modulation, GELU and (XLA attention) softmax
       in the backward pass instead of keeping their intermediates: same values and gradients,
-      about half the activation memory of a block without remat (see `layers.
-      recompute_in_backward`). False keeps everything autodiff keeps, for A/B comparisons.
+      about a third of the activation memory without remat (DiT-XL/2, batch 128, bf16: 37.8
+      instead of 108.1 GB; see `layers.recompute_in_backward`). False keeps everything autodiff
+      keeps, for A/B comparisons.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 
