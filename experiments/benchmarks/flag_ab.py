@@ -17,6 +17,12 @@ Each round runs A then B (``train_throughput.py --only=jax``, median step time o
 the table gives every round's step time, the medians, each setting's compiled memory per device
 (XLA's estimate: arguments + temporaries) and B's speed relative to A. Writes
 ``<results>.md`` and ``<results>.json`` beside this file.
+
+Settings that differ only in config fields can instead share one process (``--same_process``:
+both steps built side by side, ``rounds * windows`` timing windows each, alternating A B, B A,
+...; ``train_throughput.py --interleave``). On a noisy CPU host that is the better measure:
+fresh processes of one and the same setting differed by up to 25% per round
+(``ab_same_setting_unet_cpu.md``). Both steps are in memory at once.
 """
 
 import json
@@ -46,6 +52,8 @@ flags.DEFINE_integer("steps", 5, "timed steps per window")
 flags.DEFINE_integer("windows", 2, "windows per process")
 flags.DEFINE_string("dtype", "", "compute dtype override, as train_throughput.py")
 flags.DEFINE_string("attention", "", "DiT attention, as train_throughput.py")
+flags.DEFINE_bool("same_process", False, "time A and B in one process, alternating windows "
+                  "(settings that differ only in --a_set/--b_set)")
 flags.DEFINE_string("results", "flag_ab", "file stem of the results beside this script")
 FLAGS = flags.FLAGS
 
@@ -119,17 +127,49 @@ def run_once(flags_value: str, extra_env: dict[str, str], config: str) -> dict:
     return json.loads(row_file.read_text())
 
 
+def run_same_process(flags_value: str, extra_env: dict[str, str],
+                     configs: dict[str, str]) -> list[dict]:
+  """One process of ``train_throughput.py --interleave`` timing every setting's config in
+  alternating windows; a row per setting, with ``step_ms_by_window``."""
+  env = setting_env(flags_value, extra_env)
+  with tempfile.TemporaryDirectory() as tmp:
+    row_file = pathlib.Path(tmp) / "rows.json"
+    cmd = [sys.executable, str(HERE / "train_throughput.py"),
+           f"--configs={','.join(configs.values())}", "--interleave", "--only=jax",
+           f"--steps={FLAGS.steps}", f"--windows={FLAGS.rounds * FLAGS.windows}",
+           f"--row_file={row_file}"]
+    cmd += [f"--dtype={FLAGS.dtype}"] if FLAGS.dtype else []
+    cmd += [f"--attention={FLAGS.attention}"] if FLAGS.attention else []
+    done = subprocess.run(cmd, env=env)
+    if done.returncode or not row_file.exists():
+      return [{"setting": name, "error": f"exited {done.returncode}"} for name in configs]
+    rows = json.loads(row_file.read_text())
+  return [dict(row, setting=name) for name, row in zip(configs, rows)]
+
+
 def main(argv):
   del argv
   settings = {"A": FLAGS.a, "B": FLAGS.b}
   envs = {"A": parse_env(FLAGS.a_env, "a_env"), "B": parse_env(FLAGS.b_env, "b_env")}
   configs = {"A": setting_config(FLAGS.a_set, "a_set"), "B": setting_config(FLAGS.b_set, "b_set")}
+  if FLAGS.same_process:
+    if FLAGS.a != FLAGS.b or envs["A"] != envs["B"]:
+      raise app.UsageError("--same_process: A and B share one process, so they can differ only "
+                           "in --a_set/--b_set, not in XLA_FLAGS (--a/--b) or --a_env/--b_env")
+    if configs["A"] == configs["B"] or any("," in c for c in configs.values()):
+      raise app.UsageError("--same_process wants two different configs without ',': got "
+                           f"{configs['A']!r} and {configs['B']!r}")
   for name, value in settings.items():
     check_setting(name, value, envs[name])
     check_config(name, configs[name])
   times = {k: [] for k in settings}
   rows = []
-  for r in range(FLAGS.rounds):
+  if FLAGS.same_process:
+    rows = run_same_process(FLAGS.a, envs["A"], configs)
+    for row in rows:
+      print(json.dumps(row), flush=True)
+      times[row["setting"]] = row.get("step_ms_by_window", [])
+  for r in range(0 if FLAGS.same_process else FLAGS.rounds):
     for name, value in settings.items():
       row = run_once(value, envs[name], configs[name])
       row.update(round=r + 1, setting=name)
@@ -149,13 +189,17 @@ def main(argv):
           "memory_mb_per_device": memory,
           "median_step_ms": median,
           "b_speedup_over_a": ratio, "steps": FLAGS.steps, "windows": FLAGS.windows,
-          "device": device}
+          "same_process": FLAGS.same_process, "device": device}
   (HERE / f"{FLAGS.results}.json").write_text(json.dumps(meta, indent=1))
+  how = (f"one process, {FLAGS.rounds * FLAGS.windows} alternating windows of {FLAGS.steps} "
+         "steps per setting (A B, B A, ...); step time = median of the windows"
+         if FLAGS.same_process else
+         f"{FLAGS.rounds} rounds of A then B, each a fresh process; step time = median of "
+         f"{FLAGS.windows} windows of {FLAGS.steps} steps")
   lines = [f"A/B of settings on `{FLAGS.config}`, {device} (host: {os.cpu_count()} cores of "
-           f"{host_cpu}; {FLAGS.rounds} rounds of A then B, "
-           f"each a fresh process; step time = median of {FLAGS.windows} windows of "
-           f"{FLAGS.steps} steps)", "",
-           "| setting | XLA_FLAGS | environment | config | step ms by round | median step ms "
+           f"{host_cpu}; {how})", "",
+           "| setting | XLA_FLAGS | environment | config | step ms by "
+           f"{'window' if FLAGS.same_process else 'round'} | median step ms "
            "| memory MB per device |",
            "|---|---|---|---|---|---|---|"]
   for name, value in settings.items():

@@ -65,6 +65,9 @@ flags.DEFINE_enum("only", "", ["", "jax", "torch"], "time one framework only (us
 flags.DEFINE_list("torch_matmul", [], "dtype,n,calls: print the best time of a PyTorch matmul "
                   "on all cores and exit (measured_host_peak's child)")
 flags.DEFINE_string("row_file", "", "write the row as JSON here and nothing else (--isolate)")
+flags.DEFINE_bool("interleave", False, "diffjax only: build every config's step in this process "
+                  "and alternate their timing windows (A B, then B A, ...): an A/B of config "
+                  "fields immune to process-to-process drift (flag_ab.py --same_process)")
 flags.DEFINE_string("profile_dir", "", "write a jax.profiler trace of 3 diffjax steps per row")
 flags.DEFINE_string("attention", "", "DiT attention for jax.nn.dot_product_attention "
                     "(xla | cudnn; empty: JAX's default). MFU always counts the XLA version's "
@@ -472,6 +475,33 @@ def measure(label: str) -> dict:
   return add_torch_ratio(row)
 
 
+def measure_interleaved(labels: list[str]) -> list[dict]:
+  """diffjax's step of every config in ``labels``, built in this process (all live at once) and
+  timed in alternating windows, the order reversed each window (A B, B A, ...), so drift of
+  the machine over the run hits every config alike. Fresh processes per setting differ by more
+  than the effects an A/B of config fields looks for on a noisy CPU host: the same setting's
+  rounds ranged over 0.8x-1.25x of each other (``ab_same_setting_unet_cpu.md``)."""
+  steps = {}
+  for label in labels:
+    name, at_batch, overrides = parse_name(label)
+    steps[label] = OurStep(name, row_batch(name, at_batch), overrides=overrides)
+  times = {label: [] for label in labels}
+  for w in range(FLAGS.windows):
+    for label in labels if w % 2 == 0 else labels[::-1]:
+      times[label].append(steps[label].run(FLAGS.steps))
+  rows = []
+  for label, ours in steps.items():
+    step_s = statistics.median(times[label])
+    rows.append({"config": label, "model": ours.spec.model.name,
+                 "batch": ours.spec.data.batch_size, "dtype": ours.spec.model.dtype,
+                 "device": ours.mesh.devices.flat[0].device_kind,
+                 "step_ms": round(step_s * 1e3, 1),
+                 "images_per_s": round(ours.spec.data.batch_size / step_s, 1),
+                 "compile_s": round(ours.compile_s, 1), "memory_mb_per_device": ours.memory_mb,
+                 "step_ms_by_window": [round(t * 1e3, 1) for t in times[label]]})
+  return rows
+
+
 def weak_scaling(name: str, counts) -> list[dict]:
   """Same per-device batch on 1, 2, 4, ... devices; efficiency = rate_n / (n * rate_1)."""
   name = parse_name(name)[0]
@@ -497,6 +527,12 @@ def main(argv):
   if FLAGS.torch_matmul:
     dtype, n, calls = FLAGS.torch_matmul
     print(torch_matmul_seconds(dtype, int(n), int(calls)))
+    return
+  if FLAGS.interleave:  # flag_ab.py --same_process: rows of diffjax steps, no tables
+    rows = measure_interleaved(FLAGS.configs)
+    if FLAGS.row_file:
+      pathlib.Path(FLAGS.row_file).write_text(json.dumps(rows))
+    print(json.dumps(rows, indent=1))
     return
   if FLAGS.row_file:  # a child of --isolate: one row, no tables
     label = FLAGS.configs[0]
