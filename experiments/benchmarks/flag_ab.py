@@ -110,40 +110,37 @@ def check_config(name: str, config: str) -> None:
                          f"{lines[-1].strip()[:400] if lines else done.returncode}")
 
 
-def run_once(flags_value: str, extra_env: dict[str, str], config: str) -> dict:
-  """One process of train_throughput.py for ``config`` under ``XLA_FLAGS += flags_value`` and
-  ``extra_env``."""
-  env = setting_env(flags_value, extra_env)
+def run_throughput(flags_value: str, extra_env: dict[str, str], *args: str):
+  """One ``train_throughput.py --only=jax`` process (``args`` added) under ``XLA_FLAGS +=
+  flags_value`` and ``extra_env``: what it wrote to its ``--row_file``, or None if it failed
+  (with its exit status)."""
   with tempfile.TemporaryDirectory() as tmp:
-    row_file = pathlib.Path(tmp) / "row.json"
-    cmd = [sys.executable, str(HERE / "train_throughput.py"), f"--configs={config}",
-           f"--steps={FLAGS.steps}", f"--windows={FLAGS.windows}",
-           f"--row_file={row_file}", "--only=jax"]
+    row_file = pathlib.Path(tmp) / "rows.json"
+    cmd = [sys.executable, str(HERE / "train_throughput.py"), "--only=jax",
+           f"--steps={FLAGS.steps}", f"--row_file={row_file}", *args]
     cmd += [f"--dtype={FLAGS.dtype}"] if FLAGS.dtype else []
     cmd += [f"--attention={FLAGS.attention}"] if FLAGS.attention else []
-    done = subprocess.run(cmd, env=env)
+    done = subprocess.run(cmd, env=setting_env(flags_value, extra_env))
     if done.returncode or not row_file.exists():
-      return {"error": f"exited {done.returncode}"}
-    return json.loads(row_file.read_text())
+      return None, done.returncode
+    return json.loads(row_file.read_text()), 0
+
+
+def run_once(flags_value: str, extra_env: dict[str, str], config: str) -> dict:
+  """One process of train_throughput.py for ``config``: its row."""
+  row, code = run_throughput(flags_value, extra_env, f"--configs={config}",
+                             f"--windows={FLAGS.windows}")
+  return row if row is not None else {"error": f"exited {code}"}
 
 
 def run_same_process(flags_value: str, extra_env: dict[str, str],
                      configs: dict[str, str]) -> list[dict]:
   """One process of ``train_throughput.py --interleave`` timing every setting's config in
   alternating windows; a row per setting, with ``step_ms_by_window``."""
-  env = setting_env(flags_value, extra_env)
-  with tempfile.TemporaryDirectory() as tmp:
-    row_file = pathlib.Path(tmp) / "rows.json"
-    cmd = [sys.executable, str(HERE / "train_throughput.py"),
-           f"--configs={','.join(configs.values())}", "--interleave", "--only=jax",
-           f"--steps={FLAGS.steps}", f"--windows={FLAGS.rounds * FLAGS.windows}",
-           f"--row_file={row_file}"]
-    cmd += [f"--dtype={FLAGS.dtype}"] if FLAGS.dtype else []
-    cmd += [f"--attention={FLAGS.attention}"] if FLAGS.attention else []
-    done = subprocess.run(cmd, env=env)
-    if done.returncode or not row_file.exists():
-      return [{"setting": name, "error": f"exited {done.returncode}"} for name in configs]
-    rows = json.loads(row_file.read_text())
+  rows, code = run_throughput(flags_value, extra_env, f"--configs={','.join(configs.values())}",
+                              "--interleave", f"--windows={FLAGS.rounds * FLAGS.windows}")
+  if rows is None:
+    return [{"setting": name, "error": f"exited {code}"} for name in configs]
   return [dict(row, setting=name) for name, row in zip(configs, rows)]
 
 
@@ -169,14 +166,15 @@ def main(argv):
     for row in rows:
       print(json.dumps(row), flush=True)
       times[row["setting"]] = row.get("step_ms_by_window", [])
-  for r in range(0 if FLAGS.same_process else FLAGS.rounds):
-    for name, value in settings.items():
-      row = run_once(value, envs[name], configs[name])
-      row.update(round=r + 1, setting=name)
-      rows.append(row)
-      print(json.dumps(row), flush=True)
-      if "step_ms" in row:
-        times[name].append(row["step_ms"])
+  else:
+    for r in range(FLAGS.rounds):
+      for name, value in settings.items():
+        row = run_once(value, envs[name], configs[name])
+        row.update(round=r + 1, setting=name)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if "step_ms" in row:
+          times[name].append(row["step_ms"])
   median = {k: statistics.median(v) if v else None for k, v in times.items()}
   ratio = (round(median["A"] / median["B"], 3) if median["A"] and median["B"] else None)
   device = next((r.get("device") for r in rows if r.get("device")), None)

@@ -478,9 +478,7 @@ def measure(label: str) -> dict:
 def measure_interleaved(labels: list[str]) -> list[dict]:
   """diffjax's step of every config in ``labels``, built in this process (all live at once) and
   timed in alternating windows, the order reversed each window (A B, B A, ...), so drift of
-  the machine over the run hits every config alike. Fresh processes per setting differ by more
-  than the effects an A/B of config fields looks for on a noisy CPU host: the same setting's
-  rounds ranged over 0.8x-1.25x of each other (``ab_same_setting_unet_cpu.md``)."""
+  the machine over the run hits every config alike (why: ``flag_ab.py --same_process``)."""
   steps = {}
   for label in labels:
     name, at_batch, overrides = parse_name(label)
