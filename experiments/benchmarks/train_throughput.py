@@ -383,10 +383,20 @@ def measure_torch(label: str) -> dict:
   twin, why_not = make_torch(spec)
   if not twin:
     return {"config": label, "torch": why_not}
-  torch_s = statistics.median(twin.run(FLAGS.steps) for _ in range(FLAGS.windows))
+  times = []
+  for w in range(FLAGS.windows):
+    times.append(twin.run(FLAGS.steps))
+    progress(label, "PyTorch", w, times[-1])
+  torch_s = statistics.median(times)
   b = spec.data.batch_size
   return {"config": label, "torch_params_M": round(twin.params_m, 2),
           "torch_step_ms": round(torch_s * 1e3, 1), "torch_images_per_s": round(b / torch_s, 1)}
+
+
+def progress(label: str, framework: str, window: int, seconds: float) -> None:
+  """One line per timing window on stderr (a CPU row takes minutes per window)."""
+  print(f"{label}: {framework} window {window + 1}/{FLAGS.windows}: {seconds:.3f} s/step "
+        f"({FLAGS.steps} steps)", file=sys.stderr, flush=True)
 
 
 def measure_isolated(label: str) -> dict:
@@ -430,10 +440,12 @@ def measure(label: str) -> dict:
   ours = OurStep(name, row_batch(name, at_batch), overrides=overrides)
   twin, why_not = make_torch(ours.spec) if FLAGS.only != "jax" else (None, "")
   our_times, torch_times = [], []
-  for _ in range(FLAGS.windows):  # alternate, so machine drift hits both alike
+  for w in range(FLAGS.windows):  # alternate, so machine drift hits both alike
     our_times.append(ours.run(FLAGS.steps))
+    progress(label, "diffjax", w, our_times[-1])
     if twin:
       torch_times.append(twin.run(FLAGS.steps))
+      progress(label, "PyTorch", w, torch_times[-1])
   step_s = statistics.median(our_times)
   spec = ours.spec
   b = spec.data.batch_size
@@ -487,6 +499,7 @@ def measure_interleaved(labels: list[str]) -> list[dict]:
   for w in range(FLAGS.windows):
     for label in labels if w % 2 == 0 else labels[::-1]:
       times[label].append(steps[label].run(FLAGS.steps))
+      progress(label, "diffjax", w, times[label][-1])
   rows = []
   for label, ours in steps.items():
     step_s = statistics.median(times[label])
