@@ -23,8 +23,9 @@ if __name__ == "__main__":  # first: glibc reads its tunables only when a proces
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffjax.faults import RunFault  # noqa: E402
-from diffjax.spec import ConfigError  # noqa: E402
+from diffjax.faults import EXIT_CONFIG, RunFault  # noqa: E402
+from diffjax.fields import ConfigError  # noqa: E402
+from diffjax.overrides import apply_free_form, flag_error_message, split_free_form  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                 lock_config=True)
@@ -57,7 +58,7 @@ def main(argv):
     config.experiment  # noqa: B018
   except OSError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_CONFIG)
   try:
     if FLAGS.sweep:
       jobs.run_sweep(FLAGS["config"], FLAGS.workdir, dry_run=FLAGS.dry_run, argv=sys.argv)
@@ -73,30 +74,26 @@ def main(argv):
     jobs.run(FLAGS.mode, config, FLAGS.workdir)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_CONFIG)
   except RunFault as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
 
 
 def parse_flags(argv):
-  """absl's parser, with a misspelt --config.x override reported in one line."""
+  """absl's parser; overrides of free-form sections (``model.kwargs``, ``sample.options``,
+  ...) are set after it; a bad command line is reported in one line."""
+  argv, free_form = split_free_form(argv)
+  original, sys.argv = sys.argv, argv  # ml_collections reads its overrides from sys.argv
   try:
-    return FLAGS(argv)
+    rest = FLAGS(argv)
+    apply_free_form(FLAGS.config, free_form)
+    return rest
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    if isinstance(e, (KeyError, AttributeError)):
-      name = str(e).split("\\n")[0].strip("'\"\\")
-      bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and name in a]
-      hint = str(e).split("\\n")[1].strip("'\"") if "\\n" in str(e) else ""
-      print(f"error: {bad[0] if bad else name}: no such config field (configs are locked: "
-            f"only fields defined by the config file can be overridden). {hint}".rstrip(),
-            file=sys.stderr)
-      sys.exit(2)
-    text = str(e).replace("\\n", " ").replace("\\'", "'").strip("'\"").replace("' Did", ": did")
-    if "Traceback" in text:  # a config file's own error: keep its last line
-      text = text.split("Traceback")[0].strip() + " " + text.strip().splitlines()[-1]
-    print(f"error: bad command line: {text}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
+  finally:
+    sys.argv = original
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 what they need; `--config.a.b=value` overrides any field from the command line (a misspelt
 field is an error: the config is locked).
 
-Sections: data, model, diffusion, optim, train, sample, checkpoint, logging, mesh.
+Sections: method, data, model, diffusion, optim, train, sample, checkpoint, logging, eval,
+faults, estimate, mesh. Free-form sections (``model.kwargs``, ``diffusion.schedule_kwargs``,
+``diffusion.parameterization_kwargs``, ``diffusion.t_sampler_kwargs``, ``sample.options``) take
+any keyword their target accepts, also from the command line
+(``--config.model.kwargs.remat=full``); the target's signature is checked before any compute.
 """
 
 import ml_collections
@@ -12,6 +16,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = "unnamed"
   c.seed = 0
+
+  c.method = ml_collections.ConfigDict()
+  c.method.name = "diffusion"  # the objective (diffjax.methods): diffusion
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "digits"  # digits | tfds | array_record

@@ -3,7 +3,7 @@
 ``<workdir>/config.json`` records the resolved config of the first launch. A later launch may
 change how the run is driven (steps, logging, checkpoint cadence, sampling, mesh and sharding,
 workers, gradient accumulation, evaluation, fault policies) but
-not what is trained: a config that differs in data, model, diffusion, optimiser or seed is
+not what is trained: a config that differs in method, data, model, diffusion, optimiser or seed is
 refused with the differing fields named, so an experiment is never silently continued as
 another one.
 """
@@ -59,6 +59,10 @@ def prepare(workdir: str | pathlib.Path, config, *, write: bool = True) -> pathl
       saved = json.loads(path.read_text())
     except json.JSONDecodeError as e:
       raise ConfigError(f"{path} is not valid JSON ({e}); move it away to start afresh") from e
+    if "method" not in saved:
+      raise ConfigError(f"workdir {workdir} was written by diffjax before its method layer "
+                        f"(config.json has no method section; its checkpoints hold the old "
+                        f"one-network state); train in a new --workdir")
     diffs = identity_differences(saved, current)
     if diffs:
       raise ConfigError(f"workdir {workdir} holds a different experiment; use another "

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from diffjax.spec import ConfigError, build_spec
+from diffjax.experiment import build_spec
+from diffjax.fields import ConfigError
 
 CASES = [("default", None), ("default", "tiny"), ("mnist", None), ("mnist", "cpu"),
          ("mnist", "tiny"), ("fashion_mnist", None), ("fashion_mnist", "cpu"),
@@ -18,9 +19,9 @@ CASES = [("default", None), ("default", "tiny"), ("mnist", None), ("mnist", "cpu
 def test_config_validates_and_network_fits_the_data(name, arg):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   spec = build_spec(config, num_devices=8)
-  model = spec.model.build(spec.data.num_classes)
+  model = spec.method.module
   shape = (1, spec.data.image_size, spec.data.image_size, spec.data.channels)
-  labels = jnp.zeros((1,), jnp.int32) if spec.model.conditional else None
+  labels = jnp.zeros((1,), jnp.int32) if spec.method.conditional else None
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros(1),
                              labels)
   out = jax.eval_shape(model.apply, variables, jnp.zeros(shape), jnp.zeros(1), labels)
@@ -29,12 +30,12 @@ def test_config_validates_and_network_fits_the_data(name, arg):
 
 def test_recipes_carry_the_papers_numbers():
   ddpm = build_spec(importlib.import_module("configs.cifar10_ddpm").get_config(), num_devices=8)
-  assert (ddpm.optim.lr, ddpm.data.batch_size, ddpm.train.num_steps) == (2e-4, 128, 800_000)
-  assert ddpm.train.ema_decay == 0.9999 and dict(ddpm.model.kwargs) == {}
-  assert ddpm.diffusion.schedule.num_timesteps == 1000 and ddpm.data.random_flip
+  assert (ddpm.method.optim.lr, ddpm.data.batch_size, ddpm.train.num_steps) == (2e-4, 128, 800_000)
+  assert ddpm.train.ema_decay == 0.9999 and dict(ddpm.method.model.kwargs) == {}
+  assert ddpm.method.diffusion.schedule.num_timesteps == 1000 and ddpm.data.random_flip
   edm = build_spec(importlib.import_module("configs.cifar10_edm").get_config(), num_devices=8)
   assert edm.train.num_steps * edm.data.batch_size == 200_000_000
-  assert dict(edm.diffusion.t_sampler_options) == {"p_mean": -1.2, "p_std": 1.2}
+  assert dict(edm.method.diffusion.t_sampler_options) == {"p_mean": -1.2, "p_std": 1.2}
 
 
 def test_every_problem_is_listed_at_once():

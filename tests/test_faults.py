@@ -12,10 +12,10 @@ import fault_injection as fi
 from diffjax import parallel
 from diffjax.faults import CheckpointError
 from diffjax.parallel.rules import DATA_PARALLEL_RULES
-from diffjax.spec import build_spec
-from diffjax.train import train
-from diffjax.training import Checkpointer, read_metrics
-from diffjax.training.setup import setup_state
+from diffjax.experiment import build_spec
+from diffjax.jobs.common import checkpointer, state_setup
+from diffjax.jobs.train import train
+from diffjax.training import read_metrics
 from dit_tiny_config import DIT
 from launch_util import launch, tiny_config
 
@@ -107,9 +107,9 @@ def test_full_disk_during_a_save_keeps_the_last_good_checkpoint(tmp_path, monkey
   monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
   spec = build_spec(tiny_config(**DIT), num_devices=8)
   mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
-  ckpt = Checkpointer(tmp_path / "run" / "checkpoints", spec.checkpoint)
+  ckpt = checkpointer(spec, tmp_path / "run")
   assert ckpt.verify(4) == (True, "")
-  state, step, _ = ckpt.restore_latest(setup_state(spec, mesh, DATA_PARALLEL_RULES).abstract)
+  state, step, _ = ckpt.restore_latest(state_setup(spec, mesh, DATA_PARALLEL_RULES).abstract)
   ckpt.close()
   assert step == 4 and int(state.step) == 4
 
@@ -127,10 +127,10 @@ def test_checkpoint_restores_onto_a_different_device_count(tmp_path):
   states = []
   for devices in (jax.devices()[:8], jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
-    ckpt = Checkpointer(tmp_path / "run" / "checkpoints", spec.checkpoint)
-    state, step, _ = ckpt.restore_latest(setup_state(spec, mesh, DATA_PARALLEL_RULES).abstract)
+    ckpt = checkpointer(spec, tmp_path / "run")
+    state, step, _ = ckpt.restore_latest(state_setup(spec, mesh, DATA_PARALLEL_RULES).abstract)
     ckpt.close()
-    assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == len(devices)
+    assert len(jax.tree.leaves(state.nets)[0].sharding.device_set) == len(devices)
     states.append(jax.device_get(state))
   for other in states[1:]:
     for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(other)):

@@ -34,7 +34,7 @@ def test_digits_train_and_sample(tmp_path):
   sampled = launch(*TINY, "--workdir", w, "--mode", "sample", "--config.sample.sampler=heun",
                    "--config.sample.num_steps=4")
   assert "wrote 10 samples from step 10" in sampled.stdout
-  npz = np.load(next((w / "samples").glob("heun_4steps_step10*.npz")))
+  npz = np.load(next((w / "samples").glob("heun4_step10*.npz")))
   assert npz["images"].shape == (10, 8, 8, 1) and npz["images"].dtype == np.uint8
   np.testing.assert_array_equal(npz["labels"], np.arange(10) % 10)
 
@@ -86,7 +86,8 @@ def test_bad_configs_fail_before_compute_with_the_field_named(tmp_path, override
 def test_workdir_of_another_experiment_is_refused(tmp_path):
   w = tmp_path / "run"
   w.mkdir()
-  (w / "config.json").write_text(json.dumps({"experiment": "x", "optim": {"lr": 0.5}}))
+  (w / "config.json").write_text(json.dumps({"experiment": "x", "method": {"name": "diffusion"},
+                                             "optim": {"lr": 0.5}}))
   result = launch(*TINY, "--workdir", w, check=False, timeout=120)
   assert result.returncode == 2 and "holds a different experiment" in result.stderr
   assert "optim.lr: workdir has 0.5" in result.stderr

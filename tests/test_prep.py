@@ -19,7 +19,7 @@ pytest.importorskip("cv2", reason="data preparation needs requirements-prep.txt"
 
 from configs import prep_base  # noqa: E402
 from diffjax.data.prep import checks, dedup, privacy  # noqa: E402
-from diffjax.data.prep.pipeline import prepare  # noqa: E402
+from diffjax.jobs.prep import prepare  # noqa: E402
 from diffjax.data.prep.planted import BENIGN_CAPTIONS, PII_CAPTIONS, build_planted  # noqa: E402
 from diffjax.data.records import decode_record  # noqa: E402
 from diffjax.fields import ConfigError  # noqa: E402

@@ -14,10 +14,12 @@ import pytest
 
 from configs import default
 from diffjax import data, host, parallel
-from diffjax.spec import ConfigError, build_spec
-from diffjax.train import compile_step
-from diffjax.training import loss_fn
-from diffjax.training.setup import jit_train_step, setup_state
+from diffjax.experiment import build_spec
+from diffjax.fields import ConfigError
+from diffjax.jobs.common import checkpointer, state_setup
+from diffjax.jobs.train import compile_step
+from diffjax.methods.diffusion import loss_fn
+from diffjax.training.setup import jit_train_step
 from dit_tiny_config import DIT
 from launch_util import tiny_config
 
@@ -46,8 +48,8 @@ def _batches(spec, n=4):
 def _train(spec, mesh_shape, rules, batches):
   devices = jax.devices()[:int(np.prod(list(mesh_shape.values())))]
   mesh = parallel.make_mesh(mesh_shape, devices)
-  setup = setup_state(spec, mesh, parallel.get_rules(rules))
-  step = jit_train_step(setup, spec, mesh)
+  setup = state_setup(spec, mesh, parallel.get_rules(rules))
+  step = jit_train_step(setup, mesh, spec.train, spec.faults)
   state = setup.init(jax.random.PRNGKey(0))
   bytes_on_device0 = sum(s.data.nbytes for leaf in jax.tree.leaves(state)
                          for s in leaf.addressable_shards if s.device == devices[0])
@@ -149,7 +151,7 @@ def test_dcn_sizes_are_checked_before_any_compute():
 def test_sharding_report_adds_up_and_odd_sizes_stay_whole():
   spec = _spec("DiT-tiny")
   mesh = parallel.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
-  setup = setup_state(spec, mesh, parallel.get_rules("fsdp"))
+  setup = state_setup(spec, mesh, parallel.get_rules("fsdp"))
   table, sizes = parallel.sharding_report(setup.abstract, setup.shardings)
   assert sizes["per_device_mb"] < 0.2 * sizes["total_mb"]
   assert "'fsdp'" in table and len(table.splitlines()) == 1 + len(jax.tree.leaves(setup.abstract))
@@ -182,7 +184,7 @@ def _steps(spec, batches, devices=2):
   Returns the losses, the final state and parameters (on the host), the setup and the
   compiled step (XLA's memory analysis and program text)."""
   mesh = parallel.make_mesh({"data": devices, "fsdp": 1, "tensor": 1}, jax.devices()[:devices])
-  setup = setup_state(spec, mesh)
+  setup = state_setup(spec, mesh)
   step = compile_step(setup, spec, mesh)
   state = setup.init(jax.random.PRNGKey(0))
   losses = []
@@ -198,9 +200,9 @@ def _residual_bytes(spec, setup, batch):
   """Bytes the backward pass keeps from the forward pass (the vjp's residuals): the
   activation memory that remat trades for recomputation, independent of the backend. Shapes
   only: nothing is computed."""
-  params = setup.abstract.params
-  loss = lambda p: loss_fn(p, batch, jax.random.PRNGKey(1), model=setup.model,
-                           spec=spec.diffusion, conditional=True)[0]
+  params = setup.abstract.nets["denoiser"].params
+  loss = lambda p: loss_fn(p, batch, jax.random.PRNGKey(1), model=spec.method.module,
+                           spec=spec.method.diffusion, conditional=True)[0]
   residuals = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], params)
   return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize
              for leaf in jax.tree.leaves(residuals))
@@ -246,7 +248,7 @@ def test_remat_changes_memory_not_results():
 
 
 def test_estimate_counts_flops_memory_and_time(tmp_path):
-  from diffjax.estimate import PEAK_TFLOPS, estimate
+  from diffjax.jobs.estimate import PEAK_TFLOPS, estimate
   c = default.get_config("tiny")
   c.model.name, c.model.kwargs = DIT["model.name"], DIT["model.kwargs"]  # 3x faster to compile
   c.data.batch_size = 32
@@ -256,7 +258,7 @@ def test_estimate_counts_flops_memory_and_time(tmp_path):
   assert (tmp_path / "estimate.json").exists() and r["mesh"]["fsdp"] == 4
   # A train step costs about 3 forward passes (forward, two backward products per layer).
   spec = build_spec(c, num_devices=4)
-  model = spec.model.build(10)
+  model = spec.method.module
   x = jax.ShapeDtypeStruct((8, 8, 8, 1), np.float32)
   lvl, lab = jax.ShapeDtypeStruct((8,), np.float32), jax.ShapeDtypeStruct((8,), np.int32)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, lvl, lab)
@@ -277,7 +279,6 @@ def test_estimate_counts_flops_memory_and_time(tmp_path):
 def test_offloaded_optimizer_state_lives_in_host_memory_and_changes_nothing(tmp_path):
   """train.offload_opt_state: Adam's moments stay in pinned host memory between steps (and
   through a checkpoint round trip); losses and parameters equal the plain run's exactly."""
-  from diffjax.training import Checkpointer
   batches = _batches(_plain_spec(), n=2)
   plain = _steps(_plain_spec(), batches)
   spec = _plain_spec(**{"train.offload_opt_state": True})
@@ -286,21 +287,23 @@ def test_offloaded_optimizer_state_lives_in_host_memory_and_changes_nothing(tmp_
   for a, b in zip(jax.tree.leaves(offloaded.params), jax.tree.leaves(plain.params)):
     np.testing.assert_array_equal(a, b)
   setup = offloaded.setup
-  kinds = {s.memory_kind for s in jax.tree.leaves(setup.shardings.opt_state)}
+  net_shardings = setup.shardings.nets["denoiser"]
+  kinds = {s.memory_kind for s in jax.tree.leaves(net_shardings.opt_state)}
   assert kinds == {"pinned_host"}
-  assert {s.memory_kind for s in jax.tree.leaves(setup.shardings.params)} == {"device"}
+  assert {s.memory_kind for s in jax.tree.leaves(net_shardings.params)} == {"device"}
   _, plain_sizes = parallel.sharding_report(plain.setup.abstract, plain.setup.shardings)
   _, sizes = parallel.sharding_report(setup.abstract, setup.shardings)
   assert plain_sizes["host_mb"] == 0 and sizes["host_mb"] > 0
   assert np.isclose(sizes["per_device_mb"] + sizes["host_mb"], plain_sizes["per_device_mb"])
   # A step's output and a restored checkpoint keep the moments on the host.
   state = offloaded.state
-  assert {a.sharding.memory_kind for a in jax.tree.leaves(state.opt_state)} == {"pinned_host"}
-  ckpt = Checkpointer(tmp_path / "ckpt", spec.checkpoint, log=lambda _: None)
+  opt_state = lambda s: s.nets["denoiser"].opt_state
+  assert {a.sharding.memory_kind for a in jax.tree.leaves(opt_state(state))} == {"pinned_host"}
+  ckpt = checkpointer(spec, tmp_path)
   ckpt.save(2, state)
   ckpt.wait()
   restored, _ = ckpt.restore(2, setup.abstract)
-  assert {a.sharding.memory_kind for a in jax.tree.leaves(restored.opt_state)} == {"pinned_host"}
+  assert {a.sharding.memory_kind for a in jax.tree.leaves(opt_state(restored))} == {"pinned_host"}
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(a, b)
 
@@ -328,7 +331,7 @@ def test_cpu_xla_flags_are_added_once_never_over_the_users_and_take_effect(monke
   # none on one device).
   spec = _plain_spec("unet-tiny")
   mesh = parallel.make_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
-  hlo = compile_step(setup_state(spec, mesh), spec, mesh).as_text()
+  hlo = compile_step(state_setup(spec, mesh), spec, mesh).as_text()
   entry = hlo[hlo.index("\nENTRY"):]
   assert re.findall(r"= \S+ copy\(%param", entry) == []
 

@@ -10,24 +10,26 @@ import optax
 import pytest
 
 from diffjax import data, parallel
+from diffjax.experiment import build_spec
+from diffjax.jobs.common import state_setup
+from diffjax.methods.diffusion import loss_fn
 from diffjax.parallel.rules import DATA_PARALLEL_RULES
-from diffjax.spec import build_spec
-from diffjax.training import ema_decay_at, learning_rate_schedule, loss_fn, read_metrics
-from diffjax.training.setup import jit_train_step, setup_state
+from diffjax.training import ema_decay_at, learning_rate_schedule, read_metrics
+from diffjax.training.setup import jit_train_step
 from launch_util import tiny_config
 
 
 def test_learning_rate_schedules_closed_form():
   spec = build_spec(tiny_config(**{"optim.warmup_steps": 10, "optim.schedule": "cosine",
                                    "train.num_steps": 110}))
-  lr = learning_rate_schedule(spec.optim)
-  peak = spec.optim.lr
+  lr = learning_rate_schedule(spec.method.optim)
+  peak = spec.method.optim.lr
   assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(peak / 2)
   assert float(lr(10)) == pytest.approx(peak)
   assert float(lr(60)) == pytest.approx(peak * 0.5 * (1 + np.cos(np.pi * 0.5)), rel=1e-5)
   assert float(lr(110)) == pytest.approx(0.0, abs=1e-9)
   const = learning_rate_schedule(build_spec(tiny_config(**{"optim.warmup_steps": 0,
-                                                          "optim.schedule": "constant"})).optim)
+                                                          "optim.schedule": "constant"})).method.optim)
   assert float(const(0)) == float(const(1000)) == pytest.approx(peak)
 
 
@@ -48,14 +50,14 @@ def _fixed_batch(n=8):
 def test_overfits_one_fixed_batch():
   """With fixed noise and times, a tiny model drives the loss of one batch to ~0."""
   spec = build_spec(tiny_config())
-  model = spec.model.build(10)
+  model = spec.method.module
   batch = _fixed_batch()
   import flax.linen as nn
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), batch["image"], jnp.zeros(8),
                                     batch["label"]))["params"]
   tx = optax.adam(3e-3)
   rng = jax.random.PRNGKey(1)
-  loss = functools.partial(loss_fn, batch=batch, rng=rng, model=model, spec=spec.diffusion,
+  loss = functools.partial(loss_fn, batch=batch, rng=rng, model=model, spec=spec.method.diffusion,
                            conditional=True, train=False)
 
   @jax.jit
@@ -72,9 +74,9 @@ def test_overfits_one_fixed_batch():
 
 
 def _run_steps(mesh, spec, batches):
-  setup = setup_state(spec, mesh, DATA_PARALLEL_RULES)
+  setup = state_setup(spec, mesh, DATA_PARALLEL_RULES)
   bs = parallel.batch_sharding(mesh)
-  fn = jit_train_step(setup, spec, mesh)
+  fn = jit_train_step(setup, mesh, spec.train, spec.faults)
   state = setup.init(jax.random.PRNGKey(0))
   losses = []
   for b in batches:
@@ -95,7 +97,7 @@ def test_one_device_and_eight_devices_give_the_same_loss_curve():
   losses8, state8 = _run_steps(eight, spec, batches)
   assert losses1[0] != losses1[-1]
   np.testing.assert_allclose(losses8, losses1, rtol=2e-5)
-  for a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state8.params)):
+  for a, b in zip(jax.tree.leaves(state1.nets), jax.tree.leaves(state8.nets)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 

@@ -1,6 +1,6 @@
 """Diffusion math as pure JAX functions: schedules, parameterizations, losses, samplers.
 
-This package imports nothing else of diffjax. Typical use::
+This package imports nothing else of diffjax but the leaf `diffjax.registry`. Typical use::
 
   from diffjax import diffusion
   schedule = diffusion.get_schedule("cosine")
@@ -9,7 +9,7 @@ This package imports nothing else of diffjax. Typical use::
 
 from diffjax.diffusion.guidance import classifier_free_guidance
 from diffjax.diffusion.losses import (T_SAMPLERS, WEIGHTINGS, denoising_loss, sample_t,
-                                      x0_mse, x0_weight)
+                                      x0_weight)
 from diffjax.diffusion.parameterization import (NOISE_INPUTS, PREDICTION_KINDS,
                                                 EDMPreconditioning, Parameterization,
                                                 Prediction, convert, from_x0_eps,
@@ -22,4 +22,3 @@ from diffjax.diffusion.schedules import (CosineSchedule, EDMSchedule, FlowSchedu
                                          broadcast_to_rank, get_schedule, register_schedule,
                                          schedule_names)
 
-sampler_names = tuple(SAMPLERS)

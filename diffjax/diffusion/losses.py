@@ -19,15 +19,36 @@ import jax.numpy as jnp
 
 from diffjax.diffusion.parameterization import NetFn, Parameterization
 from diffjax.diffusion.schedules import Schedule
+from diffjax.registry import Registry
 
 WEIGHTINGS = ("simple", "x0", "snr", "min_snr", "edm")
 T_SAMPLERS = ("uniform", "lognormal", "logit_normal")
 
-_T_SAMPLER_OPTIONS = {
-    "uniform": {"t_eps": 1e-5, "discrete": None},
-    "lognormal": {"p_mean": -1.2, "p_std": 1.2},
-    "logit_normal": {"m": 0.0, "s": 1.0},
-}
+def _uniform(rng, batch_size, schedule, *, t_eps, discrete):
+  if discrete is None:
+    discrete = schedule.num_timesteps is not None
+  if discrete:
+    n = schedule.num_timesteps
+    if n is None:
+      raise ValueError(f"discrete=True needs a discrete schedule; {schedule.name!r} is not")
+    return jax.random.randint(rng, (batch_size,), 1, n + 1).astype(jnp.float32) / n
+  return jax.random.uniform(rng, (batch_size,), minval=t_eps, maxval=1.0)
+
+
+def _lognormal(rng, batch_size, schedule, *, p_mean, p_std):
+  log_sigma = p_mean + p_std * jax.random.normal(rng, (batch_size,))
+  return schedule.t_from_logsnr(-2.0 * log_sigma)
+
+
+def _logit_normal(rng, batch_size, schedule, *, m, s):
+  del schedule
+  return jax.nn.sigmoid(m + s * jax.random.normal(rng, (batch_size,)))
+
+
+_T_SAMPLERS = Registry("t sampler", argument="option")
+_T_SAMPLERS.add("uniform", _uniform, keywords={"t_eps": 1e-5, "discrete": None})
+_T_SAMPLERS.add("lognormal", _lognormal, keywords={"p_mean": -1.2, "p_std": 1.2})
+_T_SAMPLERS.add("logit_normal", _logit_normal, keywords={"m": 0.0, "s": 1.0})
 
 
 def sample_t(rng, batch_size: int, schedule: Schedule, sampler: str = "uniform", **options):
@@ -41,28 +62,9 @@ def sample_t(rng, batch_size: int, schedule: Schedule, sampler: str = "uniform",
     **options: ``t_eps`` and ``discrete`` (uniform; ``discrete`` defaults to whether the schedule
       is a discrete chain), ``p_mean``/``p_std`` (lognormal), ``m``/``s`` (logit_normal).
   """
-  if sampler not in _T_SAMPLER_OPTIONS:
-    raise ValueError(f"unknown t sampler {sampler!r}; allowed: {', '.join(T_SAMPLERS)}")
-  unknown = sorted(set(options) - set(_T_SAMPLER_OPTIONS[sampler]))
-  if unknown:
-    raise ValueError(f"t sampler {sampler!r} got unknown option(s) {unknown}; "
-                     f"allowed: {sorted(_T_SAMPLER_OPTIONS[sampler])}")
-  opts = {**_T_SAMPLER_OPTIONS[sampler], **options}
-  if sampler == "uniform":
-    discrete = opts["discrete"]
-    if discrete is None:
-      discrete = schedule.num_timesteps is not None
-    if discrete:
-      n = schedule.num_timesteps
-      if n is None:
-        raise ValueError(f"discrete=True needs a discrete schedule; {schedule.name!r} is not")
-      return jax.random.randint(rng, (batch_size,), 1, n + 1).astype(jnp.float32) / n
-    return jax.random.uniform(rng, (batch_size,), minval=opts["t_eps"], maxval=1.0)
-  normal = jax.random.normal(rng, (batch_size,))
-  if sampler == "lognormal":
-    log_sigma = opts["p_mean"] + opts["p_std"] * normal
-    return schedule.t_from_logsnr(-2.0 * log_sigma)
-  return jax.nn.sigmoid(opts["m"] + opts["s"] * normal)
+  options = _T_SAMPLERS.check_kwargs(sampler, options)
+  entry = _T_SAMPLERS.get(sampler)
+  return entry.factory(rng, batch_size, schedule, **{**entry.keywords, **options})
 
 
 def x0_weight(t, schedule: Schedule, weighting: str, *, gamma: float = 5.0,
@@ -135,10 +137,4 @@ def denoising_loss(net_fn: NetFn, x0, rng, schedule: Schedule,
   scale = parameterization.output_error_scale(t, schedule)
   w = x0_weight(t, schedule, weighting, gamma=min_snr_gamma, sigma_data=sigma_data)
   return w / jnp.square(scale) * native, {"t": t}
-
-
-def x0_mse(denoise_fn, x0, t, eps, schedule: Schedule, cond=None):
-  """Per-example ``|x0_hat - x0|^2`` of a denoiser at given times and noise (for evaluation)."""
-  x_t = schedule.marginal(x0, eps, t)
-  return _mean_per_example(jnp.square(denoise_fn(x_t, t, cond) - x0))
 

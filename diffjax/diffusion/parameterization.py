@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.diffusion.schedules import Schedule, broadcast_to_rank
+from diffjax.registry import Registry
 
 PREDICTION_KINDS = ("x0", "eps", "v", "score", "flow")
 NOISE_INPUTS = ("t", "logsnr", "log_sigma")
@@ -118,38 +119,17 @@ def noise_level(kind: str, t, schedule: Schedule):
   raise ValueError(f"unknown noise_input {kind!r}; allowed: {', '.join(NOISE_INPUTS)}")
 
 
-_PARAMETERIZATIONS: dict[str, type["Parameterization"]] = {}
-
-
-def register_parameterization(name: str):
-  def add(cls):
-    if name in _PARAMETERIZATIONS:
-      raise ValueError(f"parameterization {name!r} is already registered")
-    _PARAMETERIZATIONS[name] = cls
-    cls.name = name
-    return cls
-
-  return add
+PARAMETERIZATIONS = Registry("parameterization")
+register_parameterization = PARAMETERIZATIONS.register  # class decorator
 
 
 def parameterization_names() -> tuple[str, ...]:
-  return tuple(sorted(_PARAMETERIZATIONS))
+  return PARAMETERIZATIONS.names()
 
 
 def get_parameterization(name: str, **kwargs) -> "Parameterization":
   """``"eps"``, ``"x0"``, ``"v"``, ``"flow"`` (network predicts that directly) or ``"edm"``."""
-  if name in PREDICTION_KINDS and name != "score":
-    return Prediction(kind=name, **kwargs)
-  if name not in _PARAMETERIZATIONS:
-    allowed = [k for k in PREDICTION_KINDS if k != "score"] + list(parameterization_names())
-    raise ValueError(f"unknown parameterization {name!r}; allowed: {', '.join(allowed)}")
-  cls = _PARAMETERIZATIONS[name]
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(kwargs) - fields)
-  if unknown:
-    raise ValueError(f"parameterization {name!r} got unknown argument(s) {unknown}; "
-                     f"allowed: {sorted(fields)}")
-  return cls(**kwargs)
+  return PARAMETERIZATIONS.build(name, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +189,11 @@ class Prediction(Parameterization):
       return -(alpha**2 + sigma**2) / sigma
     d_alpha, d_sigma = schedule.alpha_sigma_derivatives(t)  # flow: u = a' x0 + s' (x_t - a x0) / s
     return (d_alpha * sigma - d_sigma * alpha) / sigma
+
+
+# The network predicts that quantity directly: "eps", "x0", "v" or "flow" (velocity).
+for _kind in ("eps", "x0", "v", "flow"):
+  PARAMETERIZATIONS.add(_kind, Prediction, kind=_kind)
 
 
 @register_parameterization("edm")

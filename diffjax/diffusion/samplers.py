@@ -29,6 +29,7 @@ import numpy as np
 
 from diffjax.diffusion.guidance import classifier_free_guidance
 from diffjax.diffusion.schedules import Schedule
+from diffjax.registry import Registry
 
 SPACINGS = ("uniform", "edm", "logsnr", "quadratic")
 
@@ -265,16 +266,15 @@ def _flow(denoise, schedule, grid, x, rng, *, heun: bool):
 
 _CHURN = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
 
-# name -> (function, its options with defaults)
-SAMPLERS: dict[str, tuple[Callable[..., jax.Array], dict[str, Any]]] = {
-    "ddpm": (_ddpm, {"variance": "small"}),
-    "ddim": (_ddim, {"eta": 0.0}),
-    "euler": (lambda *a, **k: _karras(*a, heun=False, **k), _CHURN),
-    "heun": (lambda *a, **k: _karras(*a, heun=True, **k), _CHURN),
-    "dpmpp_2m": (_dpmpp_2m, {}),
-    "flow_euler": (lambda *a, **k: _flow(*a, heun=False, **k), {}),
-    "flow_heun": (lambda *a, **k: _flow(*a, heun=True, **k), {}),
-}
+# name -> sampler function, with its options and their defaults
+SAMPLERS = Registry("sampler", argument="option")
+SAMPLERS.add("ddpm", _ddpm, keywords={"variance": "small"})
+SAMPLERS.add("ddim", _ddim, keywords={"eta": 0.0})
+SAMPLERS.add("euler", lambda *a, **k: _karras(*a, heun=False, **k), keywords=_CHURN)
+SAMPLERS.add("heun", lambda *a, **k: _karras(*a, heun=True, **k), keywords=_CHURN)
+SAMPLERS.add("dpmpp_2m", _dpmpp_2m, keywords={})
+SAMPLERS.add("flow_euler", lambda *a, **k: _flow(*a, heun=False, **k), keywords={})
+SAMPLERS.add("flow_heun", lambda *a, **k: _flow(*a, heun=True, **k), keywords={})
 
 
 def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
@@ -291,7 +291,7 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
     schedule: the noise schedule the denoiser was trained with.
     shape: output shape, batch first, e.g. ``(16, 32, 32, 3)``.
     rng: PRNG key.
-    sampler: one of `SAMPLERS`.
+    sampler: a name in `SAMPLERS`.
     num_steps: number of steps N >= 1 (network evaluations: N for first-order samplers and
       DPM-Solver++(2M), up to 2N - 1 for Heun).
     spacing, rho, t_max, t_min: the time grid (see `time_grid`).
@@ -308,13 +308,8 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
   Returns:
     Samples of ``shape`` (float32).
   """
-  if sampler not in SAMPLERS:
-    raise ValueError(f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
-  fn, defaults = SAMPLERS[sampler]
-  unknown = sorted(set(options) - set(defaults))
-  if unknown:
-    raise ValueError(f"sampler {sampler!r} got unknown option(s) {unknown}; "
-                     f"allowed: {sorted(defaults) or 'none'}")
+  options = SAMPLERS.check_kwargs(sampler, options)
+  fn, defaults = SAMPLERS.get(sampler).factory, SAMPLERS.get(sampler).keywords
   _check_num_steps(num_steps)
   shape = _check_shape(shape)
   if guidance_scale is not None:

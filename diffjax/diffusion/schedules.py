@@ -30,24 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SCHEDULES: dict[str, type["Schedule"]] = {}
+from diffjax.registry import Registry
 
-
-def register_schedule(name: str) -> Callable[[type], type]:
-  """Class decorator adding a schedule to the name table used by `get_schedule`."""
-
-  def add(cls):
-    if name in _SCHEDULES:
-      raise ValueError(f"schedule {name!r} is already registered ({_SCHEDULES[name].__name__})")
-    _SCHEDULES[name] = cls
-    cls.name = name
-    return cls
-
-  return add
+SCHEDULES = Registry("schedule")
+register_schedule = SCHEDULES.register  # class decorator: @register_schedule("name")
 
 
 def schedule_names() -> tuple[str, ...]:
-  return tuple(sorted(_SCHEDULES))
+  return tuple(sorted(SCHEDULES.names()))
 
 
 def get_schedule(name: str, **kwargs) -> "Schedule":
@@ -56,15 +46,7 @@ def get_schedule(name: str, **kwargs) -> "Schedule":
   Raises:
     ValueError: unknown name, unknown keyword, or an impossible parameter value.
   """
-  if name not in _SCHEDULES:
-    raise ValueError(f"unknown schedule name {name!r}; allowed: {', '.join(schedule_names())}")
-  cls = _SCHEDULES[name]
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(kwargs) - fields)
-  if unknown:
-    raise ValueError(
-        f"schedule {name!r} got unknown argument(s) {unknown}; allowed: {sorted(fields)}")
-  return cls(**kwargs)
+  return SCHEDULES.build(name, **kwargs)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -2,5 +2,5 @@
 diffusion, data or training."""
 
 from diffjax.models.dit import DiT
-from diffjax.models.registry import get_model, register_variant, variant_hparams, variant_names
+from diffjax.models.registry import MODELS, get_model, register_variant, variant_names
 from diffjax.models.unet import UNet

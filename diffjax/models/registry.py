@@ -7,41 +7,22 @@ model is built, with the allowed names in the error.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import flax.linen as nn
 
 from diffjax.models.dit import DiT
 from diffjax.models.unet import UNet
+from diffjax.registry import Registry
 
-_VARIANTS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
+MODELS = Registry("model variant")
 
 
 def register_variant(name: str, module: type[nn.Module], **hparams) -> None:
   """Adds a named variant; a duplicate name raises."""
-  if name in _VARIANTS:
-    raise ValueError(f"model variant {name!r} is already registered")
-  fields = {f.name for f in dataclasses.fields(module)}
-  unknown = sorted(set(hparams) - fields)
-  if unknown:
-    raise ValueError(f"variant {name!r}: {module.__name__} has no field(s) {unknown}")
-  _VARIANTS[name] = (module, hparams)
+  MODELS.add(name, module, **hparams)
 
 
 def variant_names() -> tuple[str, ...]:
-  return tuple(_VARIANTS)
-
-
-def variant_hparams(name: str) -> dict[str, Any]:
-  """The registered hyper-parameters of a variant (a copy)."""
-  _check_name(name)
-  return dict(_VARIANTS[name][1])
-
-
-def _check_name(name: str) -> None:
-  if name not in _VARIANTS:
-    raise ValueError(f"unknown model variant {name!r}; allowed: {', '.join(_VARIANTS)}")
+  return MODELS.names()
 
 
 def get_model(name: str, **overrides) -> nn.Module:
@@ -50,14 +31,7 @@ def get_model(name: str, **overrides) -> nn.Module:
   Raises:
     ValueError: unknown variant name, or an override that is not a field of the module.
   """
-  _check_name(name)
-  module, hparams = _VARIANTS[name]
-  fields = {f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name")}
-  unknown = sorted(set(overrides) - fields)
-  if unknown:
-    raise ValueError(f"model {name!r} ({module.__name__}) got unknown argument(s) {unknown}; "
-                     f"allowed: {sorted(fields)}")
-  return module(**{**hparams, **overrides})
+  return MODELS.build(name, **overrides)
 
 
 # --- UNets -------------------------------------------------------------------------------------

@@ -4,5 +4,4 @@ from diffjax.parallel.mesh import (BATCH_AXES, DCN_AXES, MESH_AXES, batch_shardi
                                    device_grid, global_batch, granules, logical_shardings,
                                    make_mesh, mesh_layout, process_batch_rows, replicated,
                                    sharding_report)
-from diffjax.parallel.rules import (DATA_PARALLEL_RULES, RULE_SETS, get_rules,
-                                    rules_from_config)
+from diffjax.parallel.rules import DATA_PARALLEL_RULES, RULE_SETS, get_rules

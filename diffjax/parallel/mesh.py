@@ -140,6 +140,8 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules) -> Any:
   shapes = nn.meta.unbox(abstract_tree)
 
   def fit(spec, leaf):
+    if leaf is None:  # an absent part of the state (a network without EMA or optimiser)
+      return None
     if not isinstance(spec, P):
       return NamedSharding(mesh, P())
     axes = []

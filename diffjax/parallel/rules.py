@@ -34,12 +34,3 @@ def get_rules(name: str) -> tuple[tuple[str, str | None], ...]:
     raise ValueError(f"unknown sharding rules {name!r}; allowed: {', '.join(RULE_SETS)}")
   return RULE_SETS[name]
 
-
-def rules_from_config(pairs) -> tuple[tuple[str, str | None], ...]:
-  """Rules from ``[(logical, mesh_axis or None), ...]``; logical axes not named stay replicated."""
-  given = {}
-  for logical, mesh_axis in pairs:
-    if logical not in LOGICAL_AXES:
-      raise ValueError(f"unknown logical axis {logical!r}; allowed: {', '.join(LOGICAL_AXES)}")
-    given[logical] = mesh_axis or None
-  return tuple((a, given.get(a)) for a in LOGICAL_AXES)

@@ -1,7 +1,9 @@
-"""Training pieces: state, optimiser, pure train step, checkpoints, metrics output."""
+"""Method-agnostic training: the state of named networks, optimisers, the pure step wrapper
+(EMA, accumulation, non-finite policy), sharded set-up, checkpoints, metrics output."""
 
-from diffjax.training.checkpoint import Checkpointer, abstract_with_shardings
+from diffjax.training.checkpoint import Checkpointer, state_meta
 from diffjax.training.logger import MetricsWriter, Progress, read_metrics
 from diffjax.training.optim import learning_rate_schedule, make_optimizer
-from diffjax.training.state import TrainState, create_train_state, parameter_count
-from diffjax.training.step import ema_decay_at, loss_fn, train_step
+from diffjax.training.state import NetState, TrainState, create_train_state, parameter_count
+from diffjax.training.step import (apply_gradients, ema_decay_at, ema_update, train_step,
+                                   value_and_grad)

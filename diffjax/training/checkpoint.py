@@ -28,6 +28,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from diffjax.faults import CheckpointError
 from diffjax.spec import CheckpointSpec
+from diffjax.training.state import STATE_FORMAT
 
 MANIFEST = "diffjax_integrity.json"
 _TMP_MARK = ".orbax-checkpoint-tmp"
@@ -72,13 +73,24 @@ def _register_array_handler() -> None:
     absl_logging.set_verbosity(previous)
 
 
-class Checkpointer:
-  """Saves and restores ``{"state": TrainState, "data": grain iterator}`` under a folder."""
+def state_meta(networks) -> dict:
+  """What a checkpoint records of its state's layout: the format version and, per network
+  role, whether it trains and keeps an EMA (``networks``: a method's ``{role: Network}``)."""
+  return {"format": STATE_FORMAT,
+          "networks": {role: {"trainable": net.optimizer is not None, "ema": bool(net.ema)}
+                       for role, net in networks.items()}}
 
-  def __init__(self, directory, spec: CheckpointSpec, *, verify: bool = True,
+
+class Checkpointer:
+  """Saves and restores ``{"state": TrainState, "data": grain iterator, "meta": layout}``
+  under a folder. ``meta`` (see `state_meta`) is checked before a restore: a checkpoint of
+  another layout is refused with one line naming the difference, and left untouched."""
+
+  def __init__(self, directory, spec: CheckpointSpec, meta: dict, *, verify: bool = True,
                log: Callable[[str], None] = print):
     _register_array_handler()
     self.directory = epath.Path(directory)
+    self.meta = meta
     self.verify_files = verify
     self._log = log
     self._pending: list[int] = []
@@ -94,7 +106,7 @@ class Checkpointer:
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                            item_names=("state", "data"))
+                                            item_names=("state", "data", "meta"))
     except OSError as e:
       raise CheckpointError(f"cannot use checkpoint folder {self.directory}: {e}") from e
 
@@ -117,7 +129,7 @@ class Checkpointer:
            force: bool = False) -> bool:
     """Starts an asynchronous save (after the previous one has finished)."""
     self.wait()
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(self.meta)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     try:
@@ -210,6 +222,8 @@ class Checkpointer:
       CheckpointError: checkpoints exist but none can be restored.
     """
     steps = self.all_steps()
+    if steps:
+      self._check_layout(steps[-1])
     problems = []
     for step in reversed(steps):
       if self.verify_files:
@@ -233,6 +247,24 @@ class Checkpointer:
                             "\n  ".join(problems) + "\nMove the folder away to start afresh.")
     return None, None, False
 
+  def _check_layout(self, step: int) -> None:
+    """Refuses a checkpoint whose state layout differs from this run's (`CheckpointError`)."""
+    where = f"the checkpoint of step {step} in {self.directory}"
+    if not (self.directory / str(step) / "meta").exists():
+      raise CheckpointError(
+          f"{where} was written by diffjax before its method layer (format 1: one network, "
+          f"no layout record) and cannot be read by this version (format {STATE_FORMAT}); "
+          f"train in a new --workdir")
+    try:
+      meta = self._manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # a damaged record: let the verified restore path handle it
+      self._log(f"layout record of step {step} unreadable ({e}); trying the restore anyway")
+      return
+    if meta != self.meta:
+      raise CheckpointError(f"{where} holds another state layout: {meta} (this run: "
+                            f"{self.meta}); use the workdir's own config or a new --workdir")
+
   def _set_aside(self, step: int) -> None:
     """Renames a bad checkpoint to ``<step>.damaged`` (kept for inspection, no longer a step)."""
     if jax.process_index() == 0:
@@ -253,8 +285,3 @@ class Checkpointer:
     finally:
       self._manager.close()
 
-
-def abstract_with_shardings(abstract_tree, shardings):
-  """ShapeDtypeStructs carrying the target shardings (restoring onto a new mesh reshards)."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract_tree, shardings)

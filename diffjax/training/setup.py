@@ -1,5 +1,6 @@
-"""Builds the model, optimiser and (sharded) train state of an experiment spec; shared by the
-train, sample and evaluation jobs."""
+"""The sharded train state of a method's networks and its jitted train step; shared by the
+train, sample, evaluation and estimate jobs. Knows no method: it reads only the method's
+``networks`` (init functions, optimisers, EMA flags) and hands ``update`` to `train_step`."""
 
 from __future__ import annotations
 
@@ -9,21 +10,17 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import optax
 
 from diffjax import parallel
 from diffjax.parallel import logical_shardings
-from diffjax.spec import ExperimentSpec
-from diffjax.training.optim import make_optimizer
+from diffjax.spec import FaultSpec, TrainSpec
 from diffjax.training.state import TrainState, create_train_state
 from diffjax.training.step import train_step
 
 
 @dataclasses.dataclass
 class StateSetup:
-  model: nn.Module
-  optimizer: optax.GradientTransformation
-  lr_schedule: Callable
+  method: Any  # diffjax.methods.Method
   abstract: TrainState  # ShapeDtypeStructs carrying their target shardings
   shardings: Any  # TrainState of NamedShardings: where the state lives between steps
   boxed: TrainState  # abstract state with logical axis names (for reporting)
@@ -31,40 +28,30 @@ class StateSetup:
   compute_shardings: Any  # the same in device memory (differs with host offload)
 
 
-def image_shape(spec: ExperimentSpec) -> tuple[int, int, int]:
-  return (spec.data.image_size, spec.data.image_size, spec.data.channels)
+def _offload_opt_state(shardings: TrainState) -> TrainState:
+  """Every optimiser state in pinned host memory; parameters and EMA stay on the devices."""
+  to_host = lambda tree: jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), tree)
+  return shardings.replace(nets={role: net.replace(opt_state=to_host(net.opt_state))
+                                 for role, net in shardings.nets.items()})
 
 
-def setup_state(spec: ExperimentSpec, mesh, rules=None) -> StateSetup:
-  """Model, optimiser and the sharded state's layout; ``rules`` default to ``mesh.rules``."""
-  rules = parallel.get_rules(spec.mesh.rules) if rules is None else rules
-  model = spec.model.build(spec.data.num_classes)
-  optimizer, lr_schedule = make_optimizer(spec.optim)
-  create = functools.partial(create_train_state, model=model, optimizer=optimizer,
-                             example_shape=image_shape(spec), conditional=spec.model.conditional)
+def setup_state(method, mesh, rules, *, offload_opt_state: bool = False) -> StateSetup:
+  """The layout of ``method``'s state on ``mesh`` under the logical-axis ``rules``."""
+  create = functools.partial(create_train_state, networks=method.networks)
   boxed = jax.eval_shape(create, jax.random.PRNGKey(0))
   compute_shardings = logical_shardings(boxed, mesh, rules)
-  shardings = compute_shardings
-  if spec.train.offload_opt_state:
-    shardings = compute_shardings.replace(opt_state=jax.tree.map(
-        lambda s: s.with_memory_kind("pinned_host"), compute_shardings.opt_state))
+  shardings = _offload_opt_state(compute_shardings) if offload_opt_state else compute_shardings
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
   init = jax.jit(lambda rng: nn.meta.unbox(create(rng)), out_shardings=shardings)
-  return StateSetup(model, optimizer, lr_schedule, abstract, shardings, boxed, init,
-                    compute_shardings)
+  return StateSetup(method, abstract, shardings, boxed, init, compute_shardings)
 
 
-def jit_train_step(setup: StateSetup, spec: ExperimentSpec, mesh) -> Callable:
-  """The experiment's train step, jitted once with explicit shardings and the state donated:
+def jit_train_step(setup: StateSetup, mesh, train: TrainSpec, faults: FaultSpec) -> Callable:
+  """The train step, jitted once with explicit shardings and the state donated:
   ``(state, global_batch) -> (state, replicated metrics)``. With host offload the step copies
   the offloaded parts into device memory first and its outputs go back (``out_shardings``)."""
-  step = functools.partial(
-      train_step, model=setup.model, diffusion_spec=spec.diffusion, optimizer=setup.optimizer,
-      lr_schedule=setup.lr_schedule, ema_decay=spec.train.ema_decay,
-      ema_warmup=spec.train.ema_warmup, conditional=spec.model.conditional,
-      loss_spike_factor=spec.faults.loss_spike_factor,
-      inject_nan_steps=spec.faults.inject_nan_steps, grad_accum=spec.train.grad_accum)
+  step = functools.partial(train_step, method=setup.method, train=train, faults=faults)
 
   def fn(state, batch):
     if setup.compute_shardings is not setup.shardings:

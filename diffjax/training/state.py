@@ -1,14 +1,46 @@
-"""The train state and its creation."""
+"""The train state: a set of named networks, each with its parameters and, where the method
+trains it, its optimiser state and EMA, plus the run's counters. Method-agnostic: a diffusion
+model holds one network (``denoiser``), a GAN two, latent diffusion a trained ``denoiser``
+beside a frozen ``autoencoder`` (a network without an optimiser).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+
+# Bumped whenever the checkpointed layout of `TrainState` changes; recorded with every
+# checkpoint so an incompatible one is refused by name instead of failing deep in orbax.
+STATE_FORMAT = 2
+
+
+@flax.struct.dataclass
+class NetState:
+  """One network's trainable state.
+
+  Attributes:
+    params: parameters (float32).
+    ema_params: exponential moving average of ``params`` (None: the method keeps no EMA of
+      this network).
+    opt_state: optimiser state (None: a frozen network, never updated).
+  """
+
+  params: Any
+  ema_params: Any = None
+  opt_state: Any = None
+
+  @property
+  def trainable(self) -> bool:
+    return self.opt_state is not None
+
+  @property
+  def inference_params(self):
+    """The parameters to sample and evaluate with: the EMA where one is kept."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 @flax.struct.dataclass
@@ -17,39 +49,53 @@ class TrainState:
 
   Attributes:
     step: int32 scalar, number of updates applied.
-    params: network parameters (float32).
-    ema_params: exponential moving average of ``params``, used for sampling.
-    opt_state: optimiser state.
+    nets: ``{role: NetState}``, the method's networks by role.
     rng: base PRNG key; step k uses ``fold_in(rng, k)``, so no key is ever carried forward.
-    skipped: int32, updates skipped so far (non-finite loss or gradients, loss spikes).
+    skipped: int32, updates skipped so far (non-finite metrics, loss spikes).
     streak: int32, consecutive skipped updates up to now.
     loss_avg: float32, running mean of accepted losses (loss-spike detection; 0 = unset).
   """
 
   step: jax.Array
-  params: Any
-  ema_params: Any
-  opt_state: Any
+  nets: Mapping[str, NetState]
   rng: jax.Array
   skipped: jax.Array
   streak: jax.Array
   loss_avg: jax.Array
 
+  def with_net(self, role: str, net: NetState) -> "TrainState":
+    return self.replace(nets={**self.nets, role: net})
 
-def create_train_state(rng, *, model: nn.Module, optimizer: optax.GradientTransformation,
-                       example_shape: tuple[int, ...], conditional: bool) -> TrainState:
+  @property
+  def inference_params(self) -> dict[str, Any]:
+    """``{role: parameters to sample with}`` (EMA where kept)."""
+    return {role: net.inference_params for role, net in self.nets.items()}
+
+  @property
+  def params(self) -> dict[str, Any]:
+    return {role: net.params for role, net in self.nets.items()}
+
+
+def create_train_state(rng, networks: Mapping[str, Any]) -> TrainState:
   """Initialises a state whose parameter leaves are still boxed with logical axis names.
 
   Call under ``jax.eval_shape`` to read shardings, then jit with ``nn.meta.unbox`` applied.
+
+  Args:
+    rng: PRNG key. The first network is initialised from its first split, the others from
+      that key folded with their position, so adding a network leaves the first one's
+      initial parameters unchanged.
+    networks: ``{role: methods.Network}`` (``init``, ``optimizer``, ``ema``).
   """
   init_rng, state_rng = jax.random.split(rng)
-  x = jnp.zeros((1, *example_shape), jnp.float32)
-  labels = jnp.zeros((1,), jnp.int32) if conditional else None
-  params = model.init({"params": init_rng, "dropout": init_rng}, x, jnp.zeros((1,)), labels)[
-      "params"]
+  nets = {}
+  for i, (role, net) in enumerate(networks.items()):
+    params = net.init(init_rng if i == 0 else jax.random.fold_in(init_rng, i))
+    nets[role] = NetState(
+        params=params, ema_params=params if net.ema else None,
+        opt_state=None if net.optimizer is None else net.optimizer.init(params))
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, ema_params=params,
-                    opt_state=optimizer.init(params), rng=state_rng, skipped=zero, streak=zero,
+  return TrainState(step=zero, nets=nets, rng=state_rng, skipped=zero, streak=zero,
                     loss_avg=jnp.zeros((), jnp.float32))
 
 

@@ -1,22 +1,26 @@
-"""The pure train step: ``train_step(state, batch) -> (state, metrics)``.
+"""The pure train step, for any method: ``train_step(state, batch) -> (state, metrics)``.
+
+`train_step` wraps a method's update ``update(state, batch, rng) -> (state, metrics)`` with
+what every objective shares: the step's randomness (``fold_in(state.rng, state.step)``, so
+resumed runs are exact), the non-finite / loss-spike policy (a rejected update leaves every
+network as it was), EMA of the networks that keep one, the counters and the learning rates.
+Methods build their updates from `value_and_grad` (gradient accumulation over micro-batches)
+and `apply_gradients` (one optimiser step of one network).
 
 Bind the static pieces with ``functools.partial`` and jit once with explicit shardings and
-``donate_argnums=0``. Randomness is ``fold_in(state.rng, state.step)``: a step's noise, times
-and dropout depend only on the base key and the step number, so resumed runs are exact.
+``donate_argnums=0`` (`diffjax.training.setup.jit_train_step` does).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from diffjax import diffusion
-from diffjax.spec import DiffusionSpec
-from diffjax.training.state import TrainState
+from diffjax.spec import FaultSpec, TrainSpec
+from diffjax.training.state import NetState, TrainState
 
 
 def ema_decay_at(step, decay: float, warmup: bool):
@@ -27,36 +31,9 @@ def ema_decay_at(step, decay: float, warmup: bool):
   return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
 
 
-def loss_fn(params, batch, rng, *, model: nn.Module, spec: DiffusionSpec, conditional: bool,
-            train: bool = True, noise=None):
-  """Mean denoising loss of a batch; also returns the per-example losses.
-
-  ``noise``: optional ``(t, eps)`` for the batch, as `draw_noise` makes them (micro-batches of
-  one step take their slices of the whole batch's draw); by default they are drawn from ``rng``.
-  """
-  rng_loss, rng_dropout = jax.random.split(rng)
-  labels = batch["label"] if conditional else None
-
-  def net_fn(x, level, cond):
-    return model.apply({"params": params}, x, level, cond, train=train,
-                       rngs={"dropout": rng_dropout})
-
-  t, eps = noise if noise is not None else (None, None)
-  per_example, _ = diffusion.denoising_loss(
-      net_fn, batch["image"], rng_loss, spec.schedule, spec.parameterization, cond=labels,
-      weighting=spec.weighting, t_sampler=spec.t_sampler,
-      t_sampler_options=dict(spec.t_sampler_options), min_snr_gamma=spec.min_snr_gamma,
-      sigma_data=spec.sigma_data, t=t, eps=eps)
-  return jnp.mean(per_example), per_example
-
-
-def draw_noise(rng, shape, spec: DiffusionSpec):
-  """The ``(t, eps)`` that `loss_fn` would draw from ``rng`` for a batch of ``shape``."""
-  rng_loss, _ = jax.random.split(rng)
-  rng_t, rng_eps = jax.random.split(rng_loss)
-  t = diffusion.sample_t(rng_t, shape[0], spec.schedule, spec.t_sampler,
-                         **dict(spec.t_sampler_options))
-  return t, jax.random.normal(rng_eps, shape, jnp.float32)
+def ema_update(ema, params, decay):
+  """``decay * ema + (1 - decay) * params``, leaf by leaf."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
 def split_micro_batches(tree, k: int):
@@ -66,72 +43,90 @@ def split_micro_batches(tree, k: int):
                       tree)
 
 
-def train_step(state: TrainState, batch, *, model: nn.Module, diffusion_spec: DiffusionSpec,
-               optimizer: optax.GradientTransformation, lr_schedule: Callable,
-               ema_decay: float, ema_warmup: bool, conditional: bool,
-               loss_spike_factor: float = 0.0, inject_nan_steps: tuple[int, ...] = (),
-               grad_accum: int = 1):
-  """One optimisation step.
+def value_and_grad(loss_fn: Callable, params, batch, per_example=None, *, grad_accum: int = 1):
+  """``((loss, aux), grads)`` of ``loss_fn(params, batch, per_example) -> (loss, aux)``.
 
-  An update whose loss or gradients are not finite (or, with ``loss_spike_factor > 0``, whose
-  loss exceeds that factor times the running mean of accepted losses) is skipped: parameters,
-  EMA and optimiser state stay as they were, the step counter still advances, and
-  ``skipped`` / ``streak`` count it. The host decides whether to abort (see the training job).
+  With ``grad_accum > 1`` the batch and ``per_example`` (a tree of per-example random draws,
+  leading axis the batch, made once for the whole batch) are split into micro-batches whose
+  gradients are summed in a ``lax.scan`` (peak activation memory of one micro-batch); the
+  result equals one call on the whole batch when the loss is a mean over examples. ``aux`` is
+  the last micro-batch's.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum == 1:
+    return grad_fn(params, batch, per_example)
+
+  def accumulate(carry, micro):
+    (loss, aux), grads = grad_fn(params, *micro)
+    total_loss, total_grads = carry
+    return (total_loss + loss, jax.tree.map(jnp.add, total_grads, grads)), aux
+
+  zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), aux = jax.lax.scan(
+      accumulate, zero, split_micro_batches((batch, per_example), grad_accum))
+  loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+  return (loss, jax.tree.map(lambda a: a[-1], aux)), grads
+
+
+def apply_gradients(net: NetState, optimizer: optax.GradientTransformation, grads) -> NetState:
+  """One optimiser step of one network (its EMA is updated by `train_step`)."""
+  updates, opt_state = optimizer.update(grads, net.opt_state, net.params)
+  return net.replace(params=optax.apply_updates(net.params, updates), opt_state=opt_state)
+
+
+def train_step(state: TrainState, batch, *, method, train: TrainSpec, faults: FaultSpec):
+  """One step of ``method``'s update under the shared policies.
+
+  The update is rejected when any metric it reports is not finite (its losses and gradient
+  norms), or, with ``faults.loss_spike_factor > 0``, when its ``loss`` exceeds that factor
+  times the running mean of accepted losses: every network stays as it was, the step counter
+  still advances, and ``skipped`` / ``streak`` count it. The host decides whether to abort
+  (see the training job).
 
   Args:
     state: the current `TrainState`.
     batch: ``{"image": float32 [B, H, W, C] in [-1, 1], "label": int32 [B]}``.
-    loss_spike_factor: loss-spike threshold (0 disables).
-    inject_nan_steps: fault injection for tests: steps whose loss is replaced by NaN.
-    grad_accum: micro-batches per step. Their gradients are summed in a ``lax.scan`` (peak
-      activation memory of one micro-batch) and the step equals one on the whole batch: the
-      micro-batches take their slices of the whole batch's times and noise. Dropout masks
-      (and label dropout) are drawn per micro-batch.
+    method: a `diffjax.methods.Method`; its networks' optimisers and EMA flags apply.
+    train: EMA decay and warm-up.
+    faults: the loss-spike threshold and, for tests, ``inject_nan_steps`` (steps whose
+      ``loss`` metric is replaced by NaN, so their update is rejected).
 
   Returns:
-    ``(new_state, metrics)`` with scalar metrics ``loss``, ``grad_norm``, ``lr``, ``skipped``
-    (total so far) and ``streak`` (consecutive skips).
+    ``(new_state, metrics)``: the method's scalar metrics plus ``lr`` (``lr/<role>`` when
+    several networks train), ``skipped`` (total so far) and ``streak`` (consecutive skips).
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  updated, metrics = method.update(state, batch, rng)
+  metrics = dict(metrics)
+  if faults.inject_nan_steps:
+    injected = jnp.isin(state.step, jnp.asarray(faults.inject_nan_steps))
+    metrics["loss"] = jnp.where(injected, jnp.nan, metrics["loss"])
+  ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+  loss = metrics.get("loss")
+  if faults.loss_spike_factor > 0 and loss is not None:
+    ok &= (state.loss_avg == 0) | (loss <= faults.loss_spike_factor * state.loss_avg)
 
-  def objective(params, batch, noise=None):
-    loss, per_example = loss_fn(params, batch, rng, model=model, spec=diffusion_spec,
-                                conditional=conditional, noise=noise)
-    if inject_nan_steps:
-      loss = loss * jnp.where(jnp.isin(state.step, jnp.asarray(inject_nan_steps)), jnp.nan, 1.0)
-    return loss, per_example
-
-  grad_fn = jax.value_and_grad(objective, has_aux=True)
-  if grad_accum == 1:
-    (loss, _), grads = grad_fn(state.params, batch)
-  else:
-    noise = draw_noise(rng, batch["image"].shape, diffusion_spec)
-
-    def accumulate(carry, micro):
-      micro_batch, micro_noise = micro
-      (loss, _), grads = grad_fn(state.params, micro_batch, micro_noise)
-      return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-    (loss, grads), _ = jax.lax.scan(
-        accumulate, zero, split_micro_batches((batch, noise), grad_accum))
-    loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
-  grad_norm = optax.tree.norm(grads)
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  if loss_spike_factor > 0:
-    ok &= (state.loss_avg == 0) | (loss <= loss_spike_factor * state.loss_avg)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  decay = ema_decay_at(state.step, ema_decay, ema_warmup)
-  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-  loss_avg = jnp.where(state.loss_avg == 0, loss, 0.99 * state.loss_avg + 0.01 * loss)
+  decay = ema_decay_at(state.step, train.ema_decay, train.ema_warmup)
+  nets = {}
+  for role, net in updated.nets.items():
+    if net.ema_params is not None and net.trainable:
+      net = net.replace(ema_params=ema_update(net.ema_params, net.params, decay))
+    nets[role] = jax.tree.map(lambda n, o: jnp.where(ok, n, o), net, state.nets[role])
+  loss_avg = state.loss_avg
+  if loss is not None:
+    new_avg = jnp.where(state.loss_avg == 0, loss, 0.99 * state.loss_avg + 0.01 * loss)
+    loss_avg = jnp.where(ok, new_avg, state.loss_avg)
   new_state = state.replace(
-      step=state.step + 1, params=keep(params, state.params),
-      ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
-      skipped=state.skipped + (~ok).astype(jnp.int32),
-      streak=jnp.where(ok, 0, state.streak + 1),
-      loss_avg=jnp.where(ok, loss_avg, state.loss_avg))
-  metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_schedule(state.step),
-             "skipped": new_state.skipped, "streak": new_state.streak}
+      step=state.step + 1, nets=nets, skipped=state.skipped + (~ok).astype(jnp.int32),
+      streak=jnp.where(ok, 0, state.streak + 1), loss_avg=loss_avg)
+  trained = {role: net for role, net in method.networks.items() if net.optimizer is not None}
+  for role, net in trained.items():
+    metrics["lr" if len(trained) == 1 else f"lr/{role}"] = net.lr_schedule(state.step)
+  metrics.update(skipped=new_state.skipped, streak=new_state.streak)
   return new_state, metrics
+
+
+def is_averaged(metric: str) -> bool:
+  """Whether the training loop averages ``metric`` over a log interval (a method's losses and
+  gradient norms) or reports its last value (learning rates, skip counters)."""
+  return not (metric in ("lr", "skipped", "streak") or metric.startswith("lr/"))

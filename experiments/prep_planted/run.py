@@ -31,7 +31,7 @@ def main():
   from PIL import Image
 
   from configs import prep_base
-  from diffjax.data.prep.pipeline import prepare
+  from diffjax.jobs.prep import prepare
   from diffjax.data.prep.planted import build_planted
   from diffjax.data.records import decode_record
 

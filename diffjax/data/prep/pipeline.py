@@ -1,4 +1,5 @@
-"""The preparation pipeline: Beam graph assembly and the job `launch.py --mode prep` runs.
+"""The preparation pipeline: Beam graph assembly and its run (the job that reads the config,
+``launch.py --mode prep``, is `diffjax.jobs.prep`).
 
   read -> validate (quarantine) -> measure + filters -> outliers -> exact/near de-duplication
   -> faces + captions -> centre-crop/resize per resolution -> ArrayRecord shards
@@ -19,10 +20,10 @@ import time
 import traceback
 
 from diffjax.data.prep import report
-from diffjax.data.prep.inputs import InputError, plan_inputs
-from diffjax.data.prep.spec import PrepSpec, build_prep_spec, differing_fields
+from diffjax.data.prep.spec import PrepSpec, differing_fields
 from diffjax.faults import RunFault
 from diffjax.fields import ConfigError
+
 
 class PrepFailed(RunFault):
   exit_code = 1
@@ -174,30 +175,9 @@ def _ensure_workers_import_diffjax() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, paths)])
 
 
-def prepare(config, workdir: str) -> dict:
-  """Runs the whole preparation; returns the manifest. Bad input raises ConfigError before
-  anything is read or written."""
-  spec = build_prep_spec(config)
-  try:
-    plan = plan_inputs(spec.kind, spec.path, spec.splits, spec.captions, spec.tfds_name,
-                       spec.tfds_data_dir, spec.limit)
-  except InputError as e:
-    raise ConfigError(f"config.source: {e}") from e
-  previous = check_output_dir(workdir, spec)
-  try:
-    import apache_beam as beam
-  except ImportError as e:
-    raise ConfigError("--mode prep needs Apache Beam and OpenCV: pip install -r "
-                      "requirements-prep.txt") from e
-
-  old_umask = os.umask(0o077)  # owner-only files and folders, here and in worker processes
-  try:
-    return _run(spec, plan, pathlib.Path(workdir), previous, beam)
-  finally:
-    os.umask(old_umask)
-
-
-def _run(spec: PrepSpec, plan, out: pathlib.Path, previous, beam) -> dict:
+def run(spec: PrepSpec, plan, out: pathlib.Path, previous) -> dict:
+  """Runs the Beam graph of ``spec`` over ``plan`` into ``out``; returns the manifest."""
+  import apache_beam as beam
   out.mkdir(parents=True, exist_ok=True)
   os.chmod(out, 0o700)
   (out / STATE).write_text(json.dumps({"dataset": spec.dataset, "fingerprint": spec.fingerprint,

@@ -21,7 +21,10 @@ import numpy as np
 from jax.sharding import AbstractMesh
 
 from diffjax import parallel
-from diffjax.spec import ConfigError, build_spec, mesh_size
+from diffjax.experiment import build_spec
+from diffjax.fields import ConfigError
+from diffjax.jobs.common import abstract_batch
+from diffjax.spec import mesh_size
 from diffjax.training import parameter_count
 from diffjax.training.setup import jit_train_step, setup_state
 
@@ -39,12 +42,10 @@ def train_step_flops(spec) -> float:
   backends hand to cuDNN. (Use XLA attention in ``spec``: a cuDNN call has no CPU lowering.)"""
   cpu = jax.devices("cpu")[:1]
   mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, cpu)
-  setup = setup_state(spec, mesh, parallel.DATA_PARALLEL_RULES)
-  s, c, b = spec.data.image_size, spec.data.channels, spec.data.batch_size
-  sharding = parallel.batch_sharding(mesh)
-  batch = {"image": jax.ShapeDtypeStruct((b, s, s, c), np.float32, sharding=sharding),
-           "label": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding)}
-  cost = jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).cost_analysis()
+  setup = setup_state(spec.method, mesh, parallel.DATA_PARALLEL_RULES)
+  batch = abstract_batch(spec, parallel.batch_sharding(mesh))
+  cost = jit_train_step(setup, mesh, spec.train, spec.faults).lower(
+      setup.abstract, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
 
@@ -68,6 +69,10 @@ def _options(config) -> dict:
               images_per_s=float(e.images_per_s))
 
 
+def _compute_dtype(config) -> str:
+  return config.model.dtype if "model" in config else "float32"
+
+
 def _hours(seconds: float) -> str:
   return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -82,7 +87,7 @@ def estimate(config, workdir: str | None = None) -> dict:
 
   # Train-state bytes per device on the target mesh (an abstract mesh: no devices needed).
   target = AbstractMesh(tuple(sizes[a] for a in parallel.MESH_AXES), parallel.MESH_AXES)
-  target_setup = setup_state(spec, target)
+  target_setup = setup_state(spec.method, target, parallel.get_rules(spec.mesh.rules))
   _, state_mb = parallel.sharding_report(target_setup.abstract, target_setup.shardings)
 
   # FLOPs and activation memory: the real train step compiled on one local device.
@@ -93,14 +98,10 @@ def estimate(config, workdir: str | None = None) -> dict:
   probe_config.mesh.update(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
   probe_spec = build_spec(probe_config, num_devices=1, check_network=False)
   mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  setup = setup_state(probe_spec, mesh, parallel.DATA_PARALLEL_RULES)
+  setup = setup_state(probe_spec.method, mesh, parallel.DATA_PARALLEL_RULES)
   s, c = spec.data.image_size, spec.data.channels
-  sharding = parallel.batch_sharding(mesh)
-  abstract_batch = {"image": jax.ShapeDtypeStruct((probe_batch, s, s, c), np.float32,
-                                                  sharding=sharding),
-                    "label": jax.ShapeDtypeStruct((probe_batch,), np.int32, sharding=sharding)}
-  compiled = jit_train_step(setup, probe_spec, mesh).lower(setup.abstract,
-                                                           abstract_batch).compile()
+  compiled = jit_train_step(setup, mesh, probe_spec.train, probe_spec.faults).lower(
+      setup.abstract, abstract_batch(probe_spec, parallel.batch_sharding(mesh))).compile()
   flops_per_image = train_step_flops(probe_spec) / probe_batch
   memory = compiled.memory_analysis()
   activation_mb = None
@@ -114,12 +115,12 @@ def estimate(config, workdir: str | None = None) -> dict:
   peak = PEAK_TFLOPS[opts["chip"]] * 1e12 * n
   steps = spec.train.num_steps
   result = {
-      "experiment": spec.experiment, "model": spec.model.name,
+      "experiment": spec.experiment, "method": spec.method.name,
       "params_M": round(parameter_count(setup.abstract.params) / 1e6, 2),
       "image": f"{s}x{s}x{c}", "batch": batch, "grad_accum": spec.train.grad_accum,
       "num_steps": steps, "images_seen_M": round(steps * batch / 1e6, 2),
       "chip": opts["chip"], "num_devices": n, "mesh": sizes, "rules": spec.mesh.rules,
-      "dtype": spec.model.dtype,
+      "dtype": _compute_dtype(config),
       # Significant digits, not decimals: a tiny model's GFLOPs would round to a few digits.
       "gflops_per_image": float(f"{flops_per_image / 1e9:.4g}"),
       "tflops_per_step": float(f"{flops_per_step / 1e12:.4g}"),
@@ -145,7 +146,7 @@ def estimate(config, workdir: str | None = None) -> dict:
 
 def _print(r: dict) -> None:
   lines = [
-      f"experiment {r['experiment']!r}: {r['model']}, {r['params_M']}M parameters, "
+      f"experiment {r['experiment']!r}: {r['method']}, {r['params_M']}M parameters, "
       f"{r['image']} images, batch {r['batch']} (grad_accum {r['grad_accum']}), "
       f"{r['num_steps']} steps = {r['images_seen_M']}M images",
       f"compute: {r['gflops_per_image']} GFLOP per image (forward + backward + update, XLA "

@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import sys
 
-from diffjax.spec import ConfigError
+from diffjax.fields import ConfigError
 from diffjax.training.logger import read_metrics
 
 _STRIP_FLAGS = ("--sweep", "--dry_run", "--nosweep", "--nodry_run")

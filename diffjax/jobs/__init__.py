@@ -1,50 +1,34 @@
-"""What `launch.py` calls: the job table, distributed start-up and sweeps."""
+"""The jobs `launch.py` runs, one module each (train, sample, evaluate, ref_stats, estimate,
+sweep, prep) over the shared run set-up in `diffjax.jobs.common`; no job imports another.
+This module is what `launch.py` calls: the job table, distributed start-up and sweeps."""
 
 from __future__ import annotations
 
 import importlib
 import os
+from typing import Callable
+
+from diffjax.fields import ConfigError
 
 
-def _train(config, workdir):
-  from diffjax.train import train
-  return train(config, workdir)
+def _job(module: str, function: str) -> Callable:
+  """A job's entry point, imported when the job runs (``--help`` and prep stay fast)."""
+
+  def call(config, workdir):
+    return getattr(importlib.import_module(f"diffjax.jobs.{module}"), function)(config, workdir)
+
+  return call
 
 
-def _sample(config, workdir):
-  from diffjax.sample import sample
-  return sample(config, workdir)
-
-
-def _eval(config, workdir):
-  from diffjax.evaluate import evaluate
-  return evaluate(config, workdir)
-
-
-def _ref_stats(config, workdir):
-  from diffjax.evaluate import ref_stats
-  return ref_stats(config, workdir)
-
-
-def _estimate(config, workdir):
-  from diffjax.estimate import estimate
-  return estimate(config, workdir)
-
-
-def _prep(config, workdir):
-  from diffjax.data.prep.pipeline import prepare
-  return prepare(config, workdir)
-
-
-JOBS = {"prep": _prep, "train": _train, "sample": _sample, "eval": _eval, "ref_stats": _ref_stats,
-        "estimate": _estimate}
+JOBS = {"prep": _job("prep", "prepare"), "train": _job("train", "train"),
+        "sample": _job("sample", "sample"), "eval": _job("evaluate", "evaluate"),
+        "ref_stats": _job("ref_stats", "ref_stats"), "estimate": _job("estimate", "estimate")}
 
 
 def run(mode: str, config, workdir: str):
   if mode not in JOBS:
     raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(JOBS)}")
   if mode != "prep" and config.get("job") == "prep":
-    from diffjax.fields import ConfigError
     raise ConfigError(f"{config.dataset!r} is a data preparation config: run it with "
                       f"--mode prep")
   return JOBS[mode](config, workdir)
@@ -78,5 +62,5 @@ def split_cpu(batch_size: int) -> int:
 
 
 def run_sweep(config_flag, workdir: str, *, dry_run: bool, argv: list[str]):
-  sweep = importlib.import_module("diffjax.sweep")
+  from diffjax.jobs import sweep
   return sweep.run(config_flag, workdir, dry_run=dry_run, argv=argv)

@@ -11,35 +11,22 @@ skipped and counted or stop the run, a failed save names the last good checkpoin
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax import data as data_lib
-from diffjax import images, parallel, workdir as workdir_lib
+from diffjax import parallel, workdir as workdir_lib
+from diffjax.experiment import ExperimentSpec
 from diffjax.faults import DataError, NumericalAbort, Preempted, PreemptionWatcher, RunFault
-from diffjax.generate import Generator, grid_labels
-from diffjax.spec import ConfigError, ExperimentSpec, build_spec, mesh_size
+from diffjax.jobs.common import (abstract_batch, checkpointer, data_iterator, data_source,
+                                 experiment_spec, generate_images, log, make_generator,
+                                 make_mesh, sample_grid, state_setup)
 from diffjax.training import Checkpointer, MetricsWriter, Progress, parameter_count
 from diffjax.training.feeder import DeviceFeeder
-from diffjax.training.setup import image_shape, jit_train_step, setup_state
-
-_AVERAGED = ("loss", "grad_norm")  # metrics averaged over a log interval; others: last value
-
-
-def log(message: str) -> None:
-  if jax.process_index() == 0:
-    print(f"[diffjax] {message}", flush=True)
-
-
-def make_mesh(spec: ExperimentSpec):
-  try:
-    return parallel.make_mesh(mesh_size(spec.mesh, jax.device_count()), dcn=dict(spec.mesh.dcn))
-  except ValueError as e:  # the dcn sizes do not match the slices / processes found
-    raise ConfigError(f"mesh: {e}") from e
+from diffjax.training.setup import jit_train_step
+from diffjax.training.step import is_averaged
 
 
 def _across_note(spec: ExperimentSpec) -> str:
@@ -47,53 +34,13 @@ def _across_note(spec: ExperimentSpec) -> str:
   return (f", {across} of it across {parallel.granules(jax.devices())[0]}" if across else "")
 
 
-def data_source(spec: ExperimentSpec, split: str | None = None):
-  d = spec.data
-  try:
-    source = data_lib.make_source(d.source, name=d.name, split=split or d.split,
-                                  data_dir=d.data_dir, path=d.path, image_key=d.image_key,
-                                  label_key=d.label_key)
-  except ValueError as e:
-    raise ConfigError(f"config.data: {e}") from e
-  return data_lib.GuardedSource(source, spec.faults.bad_records,
-                                name=f"{d.source} {d.name or d.path or ''} {split or d.split}")
-
-
-def data_iterator(spec: ExperimentSpec, source, mesh, start_batch: int = 0):
-  """This process's checkpointable batch iterator, starting at global batch ``start_batch``:
-  the rows of every global batch that this process's devices on ``mesh`` hold."""
-  d = spec.data
-  options = data_lib.PipelineOptions(
-      image_size=d.image_size, channels=d.channels, random_flip=d.random_flip,
-      batch_size=d.batch_size, num_workers=d.num_workers, seed=spec.train.seed)
-  rows = parallel.process_batch_rows(mesh.devices, d.batch_size)
-  return iter(data_lib.make_dataset(source, options, process_count=jax.process_count(),
-                                    rows=rows, start_batch=start_batch))
-
-
-def make_sample_generator(setup, spec: ExperimentSpec, mesh) -> Generator:
-  return Generator(setup.model, spec.diffusion, spec.sample, image_shape=image_shape(spec),
-                   num_classes=spec.data.num_classes, conditional=spec.model.conditional,
-                   mesh=mesh)
-
-
-def write_sample_grid(generate: Generator, params, spec: ExperimentSpec, path: pathlib.Path,
-                      rng) -> None:
-  """Samples ``sample.num_images`` images from ``params`` and saves them as one PNG grid."""
-  x = generate(params, rng, grid_labels(spec.sample.num_images, spec.data.num_classes))
-  if jax.process_index() == 0:
-    ncols = spec.data.num_classes if spec.model.conditional else None
-    images.save_png(path, images.make_grid(images.to_uint8(x), ncols=ncols,
-                                           upscale=spec.sample.upscale))
-
-
-def run_periodic_eval(evaluator, generate: Generator, params, spec: ExperimentSpec,
+def run_periodic_eval(evaluator, generate, params, spec: ExperimentSpec,
                       step: int) -> dict[str, float]:
   """Scores ``eval.train_num_samples`` EMA samples; returns ``{"eval/<metric>": value}``."""
-  from diffjax.evaluate import generate as generate_images
   n = spec.eval.train_num_samples
-  x, labels = generate_images(generate, params, spec, n, jax.random.PRNGKey(spec.train.seed + 3))
-  scores = evaluator.score(x, labels if spec.model.conditional else None)
+  x, labels = generate_images(generate, params, spec, n, jax.random.PRNGKey(spec.train.seed + 3),
+                              spec.eval.batch_size)
+  scores = evaluator.score(x, labels if spec.method.conditional else None)
   log(f"eval at step {step} ({n} samples): " +
       ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
   return {f"eval/{k}": v for k, v in scores.items()}
@@ -102,12 +49,10 @@ def run_periodic_eval(evaluator, generate: Generator, params, spec: ExperimentSp
 def compile_step(setup, spec: ExperimentSpec, mesh):
   """The train step compiled ahead of time for the run's shapes and shardings; logs XLA's
   memory estimate per device (arguments, outputs and temporaries of the compiled program)."""
-  sharding = parallel.batch_sharding(mesh)
-  s, c, b = spec.data.image_size, spec.data.channels, spec.data.batch_size
-  batch = {"image": jax.ShapeDtypeStruct((b, s, s, c), np.float32, sharding=sharding),
-           "label": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding)}
+  batch = abstract_batch(spec, parallel.batch_sharding(mesh))
   t0 = time.time()
-  compiled = jit_train_step(setup, spec, mesh).lower(setup.abstract, batch).compile()
+  compiled = jit_train_step(setup, mesh, spec.train, spec.faults).lower(
+      setup.abstract, batch).compile()
   memory = compiled.memory_analysis()
   if memory is not None:
     mb = lambda n: f"{n / 2**20:.1f} MB"
@@ -158,17 +103,19 @@ def train(config, workdir: str) -> dict:
     A summary: final step, last logged metrics, wall time, checkpoint steps.
   """
   start_time = time.time()
-  spec = build_spec(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  spec = experiment_spec(config)
   is_main = jax.process_index() == 0
   workdir = workdir_lib.prepare(workdir, config, write=is_main)
   mesh = make_mesh(spec)
-  setup = setup_state(spec, mesh)
+  setup = state_setup(spec, mesh)
   source = data_source(spec)
   iterator = data_iterator(spec, source, mesh)
-  ckpt = Checkpointer(workdir / "checkpoints", spec.checkpoint,
-                      verify=spec.faults.verify_checkpoints, log=log)
-  log(f"experiment {spec.experiment!r}: {spec.model.name} with "
-      f"{parameter_count(setup.abstract.params) / 1e6:.2f}M parameters, "
+  ckpt = checkpointer(spec, workdir)
+  networks = ", ".join(
+      f"{role} {parameter_count(net.params) / 1e6:.3g}M" + ("" if net.opt_state is not None
+                                                            else " frozen")
+      for role, net in setup.abstract.nets.items())
+  log(f"experiment {spec.experiment!r}: method {spec.method.name} ({networks} parameters), "
       f"{len(source)} training examples, mesh {dict(mesh.shape)} over {jax.device_count()} "
       f"device(s) in {jax.process_count()} process(es)" + _across_note(spec))
   table, sizes = parallel.sharding_report(setup.abstract, setup.shardings)
@@ -196,8 +143,8 @@ def train(config, workdir: str) -> dict:
 
   evaluator = None
   if spec.eval.every_steps:
-    from diffjax.evaluate import Evaluator  # fails here, before any compile, if no reference
-    evaluator = Evaluator(spec, workdir, mesh)
+    from diffjax.evaluation.evaluator import Evaluator  # fails here, before any compile
+    evaluator = Evaluator(spec.data, spec.eval, workdir, mesh)
   feeder = DeviceFeeder(iterator, to_devices, spec.data.prefetch)
   feeder.start_prefetch()  # data workers start up while the step compiles
   try:
@@ -205,7 +152,7 @@ def train(config, workdir: str) -> dict:
   except BaseException:
     feeder.close()
     raise
-  generate = make_sample_generator(setup, spec, mesh)
+  generate = make_generator(spec, mesh)
   writer = MetricsWriter(workdir, enabled=is_main, tensorboard=spec.logging.tensorboard)
   total = spec.train.num_steps
   step = int(jax.device_get(state.step))
@@ -223,13 +170,13 @@ def train(config, workdir: str) -> dict:
       if step < total:  # the host prepares the next batches while the devices compute
         _fill(feeder, step)
       # Sum metrics on device; read them back only at log steps.
-      averaged = {k: metrics[k] for k in _AVERAGED}
+      averaged = {k: v for k, v in metrics.items() if is_averaged(k)}
       sums = averaged if sums is None else jax.tree.map(jnp.add, sums, averaged)
       count += 1
       if step % spec.logging.log_every == 0 or step == total:
         fetched = jax.device_get((sums, metrics))
         last = {k: float(v) / count for k, v in fetched[0].items()}
-        last.update({k: float(v) for k, v in fetched[1].items() if k not in _AVERAGED})
+        last.update({k: float(v) for k, v in fetched[1].items() if not is_averaged(k)})
         last["bad_records"] = float(bad_records)
         last.update(progress.update(step))
         writer.write(step, last)
@@ -237,10 +184,10 @@ def train(config, workdir: str) -> dict:
         sums, count = None, 0
         _check_numerics(spec, last, step, ckpt)
       if spec.sample.every_steps and step % spec.sample.every_steps == 0 and step != total:
-        write_sample_grid(generate, state.ema_params, spec,
-                          workdir / "samples" / f"step_{step:07d}.png", sample_rng)
+        writer.image(step, "samples", sample_grid(generate, state.inference_params, spec,
+                                                  sample_rng), workdir / "samples")
       if evaluator and (step % spec.eval.every_steps == 0 or step == total):
-        last.update(run_periodic_eval(evaluator, generate, state.ema_params, spec, step))
+        last.update(run_periodic_eval(evaluator, generate, state.inference_params, spec, step))
         writer.write(step, last)
       if watcher.should_stop(step):
         ckpt.save(step, state, feeder, force=True)
@@ -251,8 +198,8 @@ def train(config, workdir: str) -> dict:
         ckpt.save(step, state, feeder, metrics=last or None)
     ckpt.wait()
     if spec.sample.at_end:
-      write_sample_grid(generate, state.ema_params, spec,
-                        workdir / "samples" / f"step_{step:07d}.png", sample_rng)
+      writer.image(step, "samples", sample_grid(generate, state.inference_params, spec,
+                                                sample_rng), workdir / "samples")
     checkpoints = ckpt.all_steps()
   finally:
     watcher.close()

@@ -1,0 +1,125 @@
+"""Run set-up shared by the jobs (no job imports another): the experiment spec for this
+runtime, the mesh, data, state restored for inference, sharded generation and logging."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from diffjax import data as data_lib
+from diffjax import images, parallel
+from diffjax.experiment import ExperimentSpec, build_spec
+from diffjax.fields import ConfigError
+from diffjax.generate import Generator, grid_labels
+from diffjax.spec import mesh_size
+from diffjax.training import Checkpointer, state_meta
+from diffjax.training.setup import StateSetup, setup_state
+
+
+def log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f"[diffjax] {message}", flush=True)
+
+
+def experiment_spec(config) -> ExperimentSpec:
+  """The config checked against this runtime's devices and processes."""
+  return build_spec(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+
+
+def make_mesh(spec: ExperimentSpec):
+  try:
+    return parallel.make_mesh(mesh_size(spec.mesh, jax.device_count()), dcn=dict(spec.mesh.dcn))
+  except ValueError as e:  # the dcn sizes do not match the slices / processes found
+    raise ConfigError(f"mesh: {e}") from e
+
+
+def state_setup(spec: ExperimentSpec, mesh, rules=None) -> StateSetup:
+  """The method's state layout on ``mesh`` (``rules``: default the config's)."""
+  rules = parallel.get_rules(spec.mesh.rules) if rules is None else rules
+  return setup_state(spec.method, mesh, rules, offload_opt_state=spec.train.offload_opt_state)
+
+
+def checkpointer(spec: ExperimentSpec, workdir: pathlib.Path) -> Checkpointer:
+  return Checkpointer(workdir / "checkpoints", spec.checkpoint, state_meta(spec.method.networks),
+                      verify=spec.faults.verify_checkpoints, log=log)
+
+
+def data_source(spec: ExperimentSpec, split: str | None = None):
+  d = spec.data
+  try:
+    source = data_lib.make_source(d.source, name=d.name, split=split or d.split,
+                                  data_dir=d.data_dir, path=d.path, image_key=d.image_key,
+                                  label_key=d.label_key)
+  except ValueError as e:
+    raise ConfigError(f"config.data: {e}") from e
+  return data_lib.GuardedSource(source, spec.faults.bad_records,
+                                name=f"{d.source} {d.name or d.path or ''} {split or d.split}")
+
+
+def data_iterator(spec: ExperimentSpec, source, mesh, start_batch: int = 0):
+  """This process's checkpointable batch iterator, starting at global batch ``start_batch``:
+  the rows of every global batch that this process's devices on ``mesh`` hold."""
+  d = spec.data
+  options = data_lib.PipelineOptions(
+      image_size=d.image_size, channels=d.channels, random_flip=d.random_flip,
+      batch_size=d.batch_size, num_workers=d.num_workers, seed=spec.train.seed)
+  rows = parallel.process_batch_rows(mesh.devices, d.batch_size)
+  return iter(data_lib.make_dataset(source, options, process_count=jax.process_count(),
+                                    rows=rows, start_batch=start_batch))
+
+
+def abstract_batch(spec: ExperimentSpec, sharding, batch_size: int | None = None) -> dict:
+  """The global batch's shapes and dtypes (``batch_size``: default the config's)."""
+  b = batch_size or spec.data.batch_size
+  return {"image": jax.ShapeDtypeStruct((b, *spec.data.image_shape), np.float32,
+                                        sharding=sharding),
+          "label": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding)}
+
+
+def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh):
+  """``(setup, state, step)`` from the latest checkpoint; raises ConfigError if there is none."""
+  setup = state_setup(spec, mesh)
+  ckpt = checkpointer(spec, workdir)
+  try:
+    state, step, _ = ckpt.restore_latest(setup.abstract)
+  finally:
+    ckpt.close()
+  if state is None:
+    raise ConfigError(f"no checkpoint in {workdir / 'checkpoints'}; train first "
+                      f"(--mode train) or point --workdir at a trained run")
+  return setup, state, step
+
+
+def make_generator(spec: ExperimentSpec, mesh) -> Generator:
+  return Generator(spec.method.generate, mesh)
+
+
+def grid_columns(spec: ExperimentSpec) -> int | None:
+  """One class per column for conditional methods."""
+  return spec.data.num_classes if spec.method.conditional else None
+
+
+def sample_grid(generate: Generator, params, spec: ExperimentSpec, rng) -> np.ndarray:
+  """``sample.num_images`` samples from ``params`` tiled into one uint8 image."""
+  x = generate(params, rng, grid_labels(spec.sample.num_images, spec.data.num_classes))
+  return images.make_grid(images.to_uint8(x), ncols=grid_columns(spec),
+                          upscale=spec.sample.upscale)
+
+
+def generate_images(generator: Generator, params, spec: ExperimentSpec, n: int, rng,
+                    chunk: int) -> tuple[np.ndarray, np.ndarray]:
+  """``n`` uint8 samples with balanced class labels, ``chunk`` per device call, with progress
+  lines for long runs."""
+  labels = grid_labels(n, spec.data.num_classes)
+  outs, start = [], time.time()
+  for i in range(0, n, chunk):
+    outs.append(images.to_uint8(generator(params, jax.random.fold_in(rng, i),
+                                          labels[i:i + chunk])))
+    done = min(n, i + chunk)
+    if done < n:
+      rate = done / (time.time() - start)
+      log(f"sampled {done}/{n} images | {rate:.1f} img/s | ETA {(n - done) / rate / 60:.1f} min")
+  return np.concatenate(outs), labels

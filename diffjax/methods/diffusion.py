@@ -1,0 +1,243 @@
+"""Denoising diffusion as a method: one trained network, role ``denoiser``, with EMA.
+
+Reads the config sections ``model`` (the network), ``diffusion`` (schedule, parameterisation,
+loss weighting, time sampler), ``optim`` and the sampler fields of ``sample`` (``sampler``,
+``num_steps``, ``spacing``, ``options``, ``guidance_scale``). The update is the denoising loss
+of `diffjax.diffusion.denoising_loss`; ``generate`` runs the configured sampler (with
+classifier-free guidance when ``sample.guidance_scale != 1``) on the denoiser the
+parameterisation makes of the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffjax import diffusion
+from diffjax.diffusion import likelihood
+from diffjax.fields import FieldChecker
+from diffjax.methods.base import Method, MethodContext, Network
+from diffjax.methods.registry import register_method
+from diffjax.spec import DataSpec, ModelSpec, OptimSpec, items
+from diffjax.training.step import apply_gradients, value_and_grad
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionSpec:
+  """The ``diffusion`` config section."""
+
+  schedule: diffusion.Schedule
+  parameterization: diffusion.Parameterization
+  weighting: str
+  min_snr_gamma: float
+  t_sampler: str
+  t_sampler_options: tuple[tuple[str, Any], ...]
+
+  @property
+  def sigma_data(self) -> float:
+    return getattr(self.parameterization, "sigma_data", 0.5)
+
+  @classmethod
+  def from_config(cls, df, ck: FieldChecker) -> "DiffusionSpec":
+    schedule = ck.attempt("diffusion.schedule_kwargs", lambda: diffusion.get_schedule(
+        df.schedule, **df.schedule_kwargs))
+    param = ck.attempt("diffusion.parameterization_kwargs",
+                       lambda: diffusion.get_parameterization(df.parameterization,
+                                                              **df.parameterization_kwargs))
+    ck.one_of(df.weighting, diffusion.WEIGHTINGS, "diffusion.weighting")
+    ck.require(df.min_snr_gamma > 0, "diffusion.min_snr_gamma",
+               f"must be > 0, got {df.min_snr_gamma}")
+    if ck.one_of(df.t_sampler, diffusion.T_SAMPLERS, "diffusion.t_sampler") and schedule:
+      # draws nothing: only validates the option names and values
+      ck.attempt("diffusion.t_sampler_kwargs", lambda: jax.eval_shape(
+          lambda k: diffusion.sample_t(k, 2, schedule, df.t_sampler, **df.t_sampler_kwargs),
+          jax.random.PRNGKey(0)))
+    return cls(schedule, param, df.weighting, float(df.min_snr_gamma), df.t_sampler,
+               items(df.t_sampler_kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+  """The sampler fields of the ``sample`` config section."""
+
+  sampler: str
+  num_steps: int
+  spacing: str
+  options: tuple[tuple[str, Any], ...]
+  guidance_scale: float
+
+  @classmethod
+  def from_config(cls, s, ck: FieldChecker, *, conditional: bool) -> "SamplerSpec":
+    ck.one_of(s.sampler, diffusion.SAMPLERS.names(), "sample.sampler")
+    ck.one_of(s.spacing, diffusion.SPACINGS, "sample.spacing")
+    ck.positive_int(s.num_steps, "sample.num_steps")
+    ck.require(s.guidance_scale >= 0, "sample.guidance_scale",
+               f"must be >= 0, got {s.guidance_scale}")
+    if s.guidance_scale != 1.0:
+      ck.require(conditional, "sample.guidance_scale",
+                 "classifier-free guidance needs a conditional model (model.conditional=True)")
+    options = items(s.options)
+    if s.sampler in diffusion.SAMPLERS:
+      checked = ck.attempt("sample.options", lambda: diffusion.SAMPLERS.check_kwargs(
+          s.sampler, dict(options)))
+      options = tuple(sorted(checked.items())) if checked is not None else options
+    return cls(s.sampler, s.num_steps, s.spacing, options, float(s.guidance_scale))
+
+
+def loss_fn(params, batch, rng, *, model, spec: DiffusionSpec, conditional: bool,
+            train: bool = True, noise=None):
+  """Mean denoising loss of a batch; also returns the per-example losses.
+
+  ``noise``: optional ``(t, eps)`` for the batch, as `draw_noise` makes them (micro-batches of
+  one step take their slices of the whole batch's draw); by default they are drawn from ``rng``.
+  """
+  rng_loss, rng_dropout = jax.random.split(rng)
+  labels = batch["label"] if conditional else None
+
+  def net_fn(x, level, cond):
+    return model.apply({"params": params}, x, level, cond, train=train,
+                       rngs={"dropout": rng_dropout})
+
+  t, eps = noise if noise is not None else (None, None)
+  per_example, _ = diffusion.denoising_loss(
+      net_fn, batch["image"], rng_loss, spec.schedule, spec.parameterization, cond=labels,
+      weighting=spec.weighting, t_sampler=spec.t_sampler,
+      t_sampler_options=dict(spec.t_sampler_options), min_snr_gamma=spec.min_snr_gamma,
+      sigma_data=spec.sigma_data, t=t, eps=eps)
+  return jnp.mean(per_example), per_example
+
+
+def draw_noise(rng, shape, spec: DiffusionSpec):
+  """The ``(t, eps)`` that `loss_fn` would draw from ``rng`` for a batch of ``shape``."""
+  rng_loss, _ = jax.random.split(rng)
+  rng_t, rng_eps = jax.random.split(rng_loss)
+  t = diffusion.sample_t(rng_t, shape[0], spec.schedule, spec.t_sampler,
+                         **dict(spec.t_sampler_options))
+  return t, jax.random.normal(rng_eps, shape, jnp.float32)
+
+
+def _check_network(module, data: DataSpec, conditional: bool) -> None:
+  """Traces the network on one example of the data's shape (no compute)."""
+  x = jax.ShapeDtypeStruct((1, *data.image_shape), jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+  y = jax.ShapeDtypeStruct((1,), jnp.int32) if conditional else None
+  try:
+    jax.eval_shape(module.init, jax.random.PRNGKey(0), x, t, y)
+  except Exception as e:  # any tracing failure means the network does not fit the data
+    raise ValueError(f"the network does not fit {data.image_size}x{data.image_size}x"
+                     f"{data.channels} images: {type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+@register_method("diffusion")
+class DiffusionMethod(Method):
+  """Denoising diffusion (DDPM, VP/VE, EDM, v-prediction, flow matching by configuration)."""
+
+  def __init__(self, model: ModelSpec, diffusion_spec: DiffusionSpec, sampler: SamplerSpec,
+               optim: OptimSpec, data: DataSpec, *, grad_accum: int = 1):
+    self.model, self.diffusion, self.sampler, self.optim = model, diffusion_spec, sampler, optim
+    self.conditional, self.num_classes = model.conditional, data.num_classes
+    self.image_shape = data.image_shape
+    self.grad_accum = grad_accum
+    self.module = model.build(data.num_classes)
+    self.networks = {"denoiser": Network.trained(self.module, self._init, optim, ema=True)}
+
+  @classmethod
+  def from_config(cls, config, ck: FieldChecker, ctx: MethodContext) -> "DiffusionMethod | None":
+    model = ModelSpec.from_config(config.model, ck, num_classes=ctx.data.num_classes)
+    diffusion_spec = DiffusionSpec.from_config(config.diffusion, ck)
+    sampler = SamplerSpec.from_config(config.sample, ck, conditional=model.conditional)
+    optim = OptimSpec.from_config(config.optim, ck, total_steps=ctx.train.num_steps)
+    if ck.errors:
+      return None
+    method = ck.attempt("model.name / model.kwargs", lambda: cls(
+        model, diffusion_spec, sampler, optim, ctx.data, grad_accum=ctx.train.grad_accum))
+    if method is not None and ctx.check_network:
+      ck.attempt("model.name / model.kwargs",
+                 lambda: _check_network(method.module, ctx.data, model.conditional))
+    return method
+
+  # --- networks -----------------------------------------------------------------------------
+  def _init(self, rng):
+    x = jnp.zeros((1, *self.image_shape), jnp.float32)
+    labels = jnp.zeros((1,), jnp.int32) if self.conditional else None
+    return self.module.init({"params": rng, "dropout": rng}, x, jnp.zeros((1,)), labels)[
+        "params"]
+
+  def denoiser(self, params):
+    """``denoise(x_t, t, labels) -> x0_hat`` of the network with ``params``."""
+    net_fn = lambda x, level, cond: self.module.apply({"params": params}, x, level, cond)
+    return diffusion.make_denoiser(net_fn, self.diffusion.parameterization,
+                                   self.diffusion.schedule)
+
+  # --- training -----------------------------------------------------------------------------
+  def loss(self, params, batch, noise, *, rng, train: bool = True):
+    """``(mean loss, per-example losses)``; ``noise`` as `draw_noise` makes it, or None."""
+    return loss_fn(params, batch, rng, model=self.module, spec=self.diffusion,
+                   conditional=self.conditional, train=train, noise=noise)
+
+  def update(self, state, batch, rng):
+    net = state.nets["denoiser"]
+    # Accumulated micro-batches take their slices of the whole batch's times and noise, so
+    # the step equals one on the whole batch; dropout masks are drawn per micro-batch.
+    noise = (draw_noise(rng, batch["image"].shape, self.diffusion) if self.grad_accum > 1
+             else None)
+    (loss, _), grads = value_and_grad(functools.partial(self.loss, rng=rng), net.params, batch,
+                                      noise, grad_accum=self.grad_accum)
+    net = apply_gradients(net, self.networks["denoiser"].optimizer, grads)
+    return state.with_net("denoiser", net), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+  # --- sampling -----------------------------------------------------------------------------
+  def generate(self, params, rng, labels):
+    s = self.sampler
+    denoise = self.denoiser(params["denoiser"])
+    kwargs = dict(sampler=s.sampler, num_steps=s.num_steps, spacing=s.spacing, **dict(s.options))
+    if self.conditional:
+      kwargs["cond"] = labels
+      if s.guidance_scale != 1.0:
+        kwargs.update(null_cond=self.num_classes, guidance_scale=s.guidance_scale)
+    else:
+      denoise = lambda x, t, _d=denoise: _d(x, t, None)
+    shape = (labels.shape[0], *self.image_shape)
+    return jnp.clip(diffusion.sample(denoise, self.diffusion.schedule, shape, rng, **kwargs),
+                    -1.0, 1.0)
+
+  def sampling_info(self) -> dict[str, Any]:
+    s = self.sampler
+    return {"name": s.sampler, "num_steps": s.num_steps, "spacing": s.spacing,
+            "options": dict(s.options), "guidance_scale": s.guidance_scale}
+
+  def sampling_tag(self) -> str:
+    s = self.sampler
+    return f"{s.sampler}{s.num_steps}" + (f"_cfg{s.guidance_scale:g}"
+                                          if s.guidance_scale != 1.0 else "")
+
+  # --- likelihood ---------------------------------------------------------------------------
+  def likelihood_error(self, kind: str) -> str | None:
+    if kind == "vlb" and self.diffusion.schedule.num_timesteps is None:
+      return f"vlb needs a discrete schedule (e.g. linear), not {self.diffusion.schedule.name!r}"
+    return None if kind in ("ode", "vlb") else f"unknown likelihood {kind!r}; allowed: ode, vlb"
+
+  def bits_per_dim(self, params, images_uint8, rng, kind: str):
+    """Test-set bits/dim: ``ode`` (probability-flow ODE on uniformly dequantised images) or
+    ``vlb`` (the discrete chain's variational bound); of the unconditional (null-class)
+    model when the network is conditional."""
+    schedule = self.diffusion.schedule
+    denoise = self.denoiser(params["denoiser"])
+    n = images_uint8.shape[0]
+    cond = jnp.full((n,), self.num_classes, jnp.int32) if self.conditional else None
+    fn = lambda xt, t: denoise(xt, t, cond)
+    dims = math.prod(images_uint8.shape[1:])
+    x = images_uint8.astype(jnp.float32)
+    k1, k2 = jax.random.split(rng)
+    if kind == "vlb":
+      total, _ = likelihood.ddpm_vlb(fn, schedule, x / 127.5 - 1.0, k1)
+      return total / (dims * math.log(2.0))
+    deq = (x + jax.random.uniform(k2, x.shape)) / 127.5 - 1.0
+    logp, _ = likelihood.ode_log_likelihood(fn, schedule, deq, k1)
+    return likelihood.bits_per_dim(logp, dims, likelihood.BIN_WIDTH_8BIT)
