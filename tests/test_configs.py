@@ -56,3 +56,53 @@ def test_compile_cache_location():
   assert compile_cache_dir("auto", {"JAX_COMPILATION_CACHE_DIR": "/env"}) == "/env"
   assert compile_cache_dir("auto", {}).endswith("/.cache/diffjax/jax")
   assert compile_cache_dir("", {"JAX_COMPILATION_CACHE_DIR": "/env"}) is None
+
+
+def _with_overrides(name, arg, *args, sampler=None):
+  """A config file's config after command-line overrides of free-form sections, as
+  launch.py applies them (``sampler``: set ``sample.sampler`` first)."""
+  from diffjax.overrides import apply_free_form, split_free_form
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
+  config.sample.sampler = sampler or config.sample.sampler
+  config.lock()
+  rest, free_form = split_free_form(["launch.py", *args])
+  assert rest == ["launch.py"]
+  apply_free_form(config, free_form)
+  return build_spec(config, num_devices=8)
+
+
+def test_free_form_sections_reach_every_knob_of_their_target():
+  """Keys a config file never defined, set from the command line, arrive typed as the target
+  declares them (a bool from "false", a float from 40)."""
+  spec = _with_overrides("default", "tiny", "--config.model.kwargs.remat=full",
+                         "--config.model.kwargs.lean_residuals", "false",
+                         "--config.sample.options.s_churn=40",
+                         "--config.diffusion.schedule_kwargs.s=0.01", sampler="heun")
+  m = spec.method
+  assert m.module.remat == "full" and m.module.lean_residuals is False
+  assert dict(m.sampler.options) == {"s_churn": 40.0}
+  assert isinstance(dict(m.sampler.options)["s_churn"], float)
+  assert m.diffusion.schedule.s == 0.01
+  dit = _with_overrides("imagenet64_dit", "tiny", "--config.model.kwargs.lean_residuals=False",
+                        "--config.sample.options.eta=0.5",
+                        "--config.diffusion.t_sampler_kwargs.t_eps=0.001", sampler="ddim")
+  assert dit.method.module.lean_residuals is False
+  assert dict(dit.method.sampler.options) == {"eta": 0.5}
+  assert dict(dit.method.diffusion.t_sampler_options)["t_eps"] == 0.001
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.kwargs.remmat=full", "model variant 'unet-tiny' got unknown argument(s) "
+     "['remmat']; allowed: ['attn_resolutions'"),
+    ("--config.sample.options.eta=0.5", "sampler 'heun' got unknown option(s) ['eta']; "
+     "allowed: ['s_churn', 's_noise', 's_tmax', 's_tmin']"),
+    ("--config.diffusion.schedule_kwargs.sigma=1", "schedule 'cosine' got unknown argument(s) "
+     "['sigma']; allowed: ['s']"),
+    ("--config.diffusion.parameterization_kwargs.sigma_data=0.5",
+     "parameterization 'eps' got unknown argument(s) ['sigma_data']; allowed: ['kind', "
+     "'noise_input']"),
+])
+def test_free_form_keys_are_checked_against_their_target(override, message):
+  with pytest.raises(ConfigError) as err:
+    _with_overrides("default", "tiny", override, sampler="heun")
+  assert message in str(err.value)
