@@ -97,7 +97,7 @@ def test_free_form_sections_reach_every_knob_of_their_target():
     ("--config.sample.options.eta=0.5", "sampler 'heun' got unknown option(s) ['eta']; "
      "allowed: ['s_churn', 's_noise', 's_tmax', 's_tmin']"),
     ("--config.diffusion.schedule_kwargs.sigma=1", "schedule 'cosine' got unknown argument(s) "
-     "['sigma']; allowed: ['s']"),
+     "['sigma']; allowed: ['logsnr_min', 's']"),
     ("--config.diffusion.parameterization_kwargs.sigma_data=0.5",
      "parameterization 'eps' got unknown argument(s) ['sigma_data']; allowed: ['kind', "
      "'noise_input']"),
