@@ -99,7 +99,7 @@ def test_free_form_sections_reach_every_knob_of_their_target():
     ("--config.diffusion.schedule_kwargs.sigma=1", "schedule 'cosine' got unknown argument(s) "
      "['sigma']; allowed: ['logsnr_min', 's']"),
     ("--config.diffusion.parameterization_kwargs.sigma_data=0.5",
-     "parameterization 'eps' got unknown argument(s) ['sigma_data']; allowed: ['kind', "
+     "parameterization 'v' got unknown argument(s) ['sigma_data']; allowed: ['kind', "
      "'noise_input']"),
 ])
 def test_free_form_keys_are_checked_against_their_target(override, message):
