@@ -9,9 +9,8 @@
   python launch.py --config configs/cifar10_ddpm.py --workdir runs/c10 --mode estimate
   python launch.py --config configs/prep_cifar10.py --workdir data/c10 --mode prep  # data prep
 
-Run the same command on every host of a TPU pod (or every task of a SLURM job): the
-distributed runtime starts by itself there; elsewhere pass --coordinator_address,
---num_processes and --process_id.
+On every host of a TPU pod (or task of a SLURM job) run the same command; elsewhere pass
+--coordinator_address, --num_processes and --process_id.
 """
 
 import sys

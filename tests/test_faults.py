@@ -8,22 +8,25 @@ import jax
 import numpy as np
 import pytest
 
-import fault_injection as fi
 from diffjax import parallel
 from diffjax.faults import CheckpointError
 from diffjax.parallel.rules import DATA_PARALLEL_RULES
 from diffjax.experiment import build_spec
 from diffjax.jobs.common import checkpointer, state_setup
 from diffjax.jobs.train import train
+from diffjax.testing import fault_injection as fi
 from diffjax.training import read_metrics
 from dit_tiny_config import DIT
 from launch_util import launch, tiny_config
+
+# The tiny default on DiT-tiny: the scenarios test the training system, not the network.
+SCENARIO = fi.Scenario("tests/dit_tiny_config.py")
 
 
 @pytest.fixture(scope="module")
 def reference_dir(tmp_path_factory):
   w = tmp_path_factory.mktemp("reference") / "run"
-  fi.reference_run(w)
+  SCENARIO.reference_run(w)
   return w
 
 
@@ -36,14 +39,14 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, reference,
   """Preempted twice (the second time with a doubled signal while it saves), resumed each
   time from the step it stopped at, and the end state (parameters, EMA, optimiser state, step,
   RNG, data iterator position) and every logged loss equal an uninterrupted run's."""
-  first = fi.interrupt(tmp_path / "run", 7)
-  second = fi.interrupt(tmp_path / "run", 15, second_signal=True)
+  first = SCENARIO.interrupt(tmp_path / "run", 7)
+  second = SCENARIO.interrupt(tmp_path / "run", 15, second_signal=True)
   for result in (first, second):
     assert result["exit_code"] == fi.EXIT_PREEMPTED, result["stderr"]
     assert "saved the checkpoint of step" in result["stderr"]
     assert result["steps_lost"] == 0
   assert second["resumed_from_at_start"] == first["saved_step"]
-  resume = launch(*fi.base_args(tmp_path / "run"))
+  resume = launch(*SCENARIO.base_args(tmp_path / "run"))
   assert fi.resumed_from(resume.stdout) == second["saved_step"]
   assert fi.identical(fi.final_arrays(tmp_path / "run"), reference)
   losses = lambda w: {m["step"]: m["loss"] for m in read_metrics(w)}  # a relaunch's rows win
@@ -51,7 +54,7 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, reference,
 
 
 def test_sigkill_in_the_middle_of_a_save(tmp_path, reference):
-  result = fi.sigkill_mid_save(tmp_path / "run", nth_save=3)
+  result = SCENARIO.sigkill_mid_save(tmp_path / "run", nth_save=3)
   assert result["killed_during_save"]
   assert result["resumed_from"] is not None
   assert fi.identical(fi.final_arrays(tmp_path / "run"), reference)
@@ -60,8 +63,8 @@ def test_sigkill_in_the_middle_of_a_save(tmp_path, reference):
 def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
   # One altered byte here; truncation too in experiments/reliability/run.py.
   w = tmp_path / "run"
-  fi.launch(*fi.base_args(w, steps=16))
-  result = fi.damage_latest(w, "alter")
+  launch(*SCENARIO.base_args(w, steps=16))
+  result = SCENARIO.damage_latest(w, "alter")
   assert result["warned"] and result["resumed_from"] == result["damaged_step"] - 4
   assert fi.identical(fi.final_arrays(w), reference)
 
@@ -70,7 +73,7 @@ def test_nan_updates_are_skipped_and_a_streak_aborts_naming_the_last_good_checkp
   """Two NaN updates (the 4th and 5th) are skipped and counted and training goes on; a streak
   of three from the 10th ends the run naming the step and the last good checkpoint."""
   w = tmp_path / "run"
-  result = launch(*fi.base_args(w, steps=20, extra=[
+  result = launch(*SCENARIO.base_args(w, steps=20, extra=[
       "--config.faults.inject_nan_steps=(3,4,9,10,11,12,13,14)",
       "--config.faults.max_consecutive_skips=3"]), check=False)
   rows = {r["step"]: r for r in read_metrics(w)}
@@ -86,7 +89,7 @@ def test_nan_updates_are_skipped_and_a_streak_aborts_naming_the_last_good_checkp
 
 
 def test_bad_records_are_skipped_and_counted_or_stop_the_run(tmp_path):
-  result = fi.bad_records(tmp_path)
+  result = SCENARIO.bad_records(tmp_path)
   assert result["skip_exit_code"] == 0 and result["counted"] >= 1  # 384 draws over 180 records
   assert result["stop_exit_code"] == 4 and result["stop_named_the_record"], result["stderr"]
 
@@ -117,7 +120,7 @@ def test_full_disk_during_a_save_keeps_the_last_good_checkpoint(tmp_path, monkey
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
-  result = launch(*fi.base_args(blocker / "run", steps=2), check=False)
+  result = launch(*SCENARIO.base_args(blocker / "run", steps=2), check=False)
   assert result.returncode == 2 and "cannot write to workdir" in result.stderr
 
 
@@ -140,8 +143,8 @@ def test_checkpoint_restores_onto_a_different_device_count(tmp_path):
 def test_missing_dependency_is_named(tmp_path):
   wrapper = ["-c", "import sys; sys.modules['tensorflow_datasets'] = None; import runpy; "
              "runpy.run_path('launch.py', run_name='__main__')"]
-  result = launch(*fi.base_args(tmp_path / "run", steps=2,
-                                extra=["--config.data.source=tfds", "--config.data.name=mnist"]),
-                  check=False, prefix=wrapper)
+  args = SCENARIO.base_args(tmp_path / "run", steps=2,
+                            extra=["--config.data.source=tfds", "--config.data.name=mnist"])
+  result = launch(*args, check=False, prefix=wrapper)
   assert result.returncode == 2, result.stderr
   assert "tensorflow-datasets is not installed" in result.stderr

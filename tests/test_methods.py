@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-import fault_injection as fi
 from diffjax import parallel
 from diffjax.experiment import build_spec
 from diffjax.faults import CheckpointError
 from diffjax.fields import ConfigError
 from diffjax.jobs.common import checkpointer, state_setup
 from diffjax.methods import METHODS
+from diffjax.testing import fault_injection as fi
 from diffjax.training.setup import jit_train_step
 from launch_util import launch, subprocess_env
 

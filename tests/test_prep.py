@@ -20,9 +20,9 @@ pytest.importorskip("cv2", reason="data preparation needs requirements-prep.txt"
 from configs import prep_base  # noqa: E402
 from diffjax.data.prep import checks, dedup, privacy  # noqa: E402
 from diffjax.jobs.prep import prepare  # noqa: E402
-from diffjax.data.prep.planted import BENIGN_CAPTIONS, PII_CAPTIONS, build_planted  # noqa: E402
 from diffjax.data.records import decode_record  # noqa: E402
 from diffjax.fields import ConfigError  # noqa: E402
+from diffjax.testing.planted import BENIGN_CAPTIONS, PII_CAPTIONS, build_planted  # noqa: E402
 
 ASSETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "assets"
 FACE_MODEL = ASSETS / "faces" / "face_detection_yunet_2023mar.onnx"
@@ -329,7 +329,7 @@ def test_different_dataset_in_workdir_is_refused(tmp_path):
 
 
 def test_unknown_option_is_a_clear_launch_error(tmp_path):
-  from tests.launch_util import launch
+  from launch_util import launch
   r = launch("--mode=prep", "--config=configs/prep_cifar10.py", f"--workdir={tmp_path}/o",
              "--config.filters.min_sharpnes=3", check=False)
   assert r.returncode == 2

@@ -10,14 +10,15 @@ This package imports nothing else of diffjax but the leaf `diffjax.registry`. Ty
 from diffjax.diffusion.guidance import classifier_free_guidance
 from diffjax.diffusion.losses import (T_SAMPLERS, WEIGHTINGS, denoising_loss, sample_t,
                                       x0_weight)
-from diffjax.diffusion.parameterization import (NOISE_INPUTS, PREDICTION_KINDS,
-                                                EDMPreconditioning, Parameterization,
+from diffjax.diffusion.parameterization import (NOISE_INPUTS, PARAMETERIZATIONS,
+                                                PREDICTION_KINDS, EDMPreconditioning,
+                                                Parameterization,
                                                 Prediction, convert, from_x0_eps,
                                                 get_parameterization, make_denoiser,
                                                 noise_level, parameterization_names, to_x0_eps)
 from diffjax.diffusion.samplers import (SAMPLERS, SPACINGS, TimeGrid, posterior_coefficients,
                                         sample, time_grid)
-from diffjax.diffusion.schedules import (CosineSchedule, EDMSchedule, FlowSchedule,
+from diffjax.diffusion.schedules import (SCHEDULES, CosineSchedule, EDMSchedule, FlowSchedule,
                                          LinearSchedule, Schedule, VESchedule, VPSchedule,
                                          broadcast_to_rank, get_schedule, register_schedule,
                                          schedule_names)

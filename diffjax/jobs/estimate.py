@@ -7,7 +7,8 @@ target mesh, activation memory of one device's share of the batch (the compiled 
 this host), and the projected wall time and accelerator-hours of ``train.num_steps`` on
 ``estimate.num_devices`` chips of kind ``estimate.chip``: at the chip's peak (a lower bound),
 at an assumed model FLOPs utilisation ``estimate.mfu``, and from a measured throughput
-``estimate.images_per_s`` when given (e.g. from experiments/benchmarks/train_throughput.py).
+``estimate.images_per_s`` when given (e.g. from
+experiments/benchmarks/throughput/train_throughput.py).
 """
 
 from __future__ import annotations

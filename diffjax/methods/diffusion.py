@@ -45,11 +45,15 @@ class DiffusionSpec:
 
   @classmethod
   def from_config(cls, df, ck: FieldChecker) -> "DiffusionSpec":
-    schedule = ck.attempt("diffusion.schedule_kwargs", lambda: diffusion.get_schedule(
-        df.schedule, **df.schedule_kwargs))
-    param = ck.attempt("diffusion.parameterization_kwargs",
-                       lambda: diffusion.get_parameterization(df.parameterization,
-                                                              **df.parameterization_kwargs))
+    schedule = param = None
+    if ck.one_of(df.schedule, diffusion.SCHEDULES.names(), "diffusion.schedule"):
+      schedule = ck.attempt("diffusion.schedule_kwargs", lambda: diffusion.get_schedule(
+          df.schedule, **df.schedule_kwargs))
+    if ck.one_of(df.parameterization, diffusion.PARAMETERIZATIONS.names(),
+                 "diffusion.parameterization"):
+      param = ck.attempt("diffusion.parameterization_kwargs",
+                         lambda: diffusion.get_parameterization(df.parameterization,
+                                                                **df.parameterization_kwargs))
     ck.one_of(df.weighting, diffusion.WEIGHTINGS, "diffusion.weighting")
     ck.require(df.min_snr_gamma > 0, "diffusion.min_snr_gamma",
                f"must be > 0, got {df.min_snr_gamma}")

@@ -92,8 +92,9 @@ class DiT(nn.Module):
       about a third of the activation memory without remat (DiT-XL/2, batch 128, bf16: 37.8
       instead of 108.1 GB; see `layers.recompute_in_backward`), for 5-10% of step time on a
       2-core CPU host (DiT-B/2: bf16 0.95x, float32 0.91x,
-      `experiments/benchmarks/ab_lean_residuals_cpu.md`, `ab_lean_residuals_f32_cpu.md`; not
-      yet measured on a GPU). False keeps everything autodiff keeps.
+      `experiments/benchmarks/throughput/ab_lean_residuals_cpu.md`,
+      `ab_lean_residuals_f32_cpu.md`; not yet measured on a GPU). False keeps everything
+      autodiff keeps.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 

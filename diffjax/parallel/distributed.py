@@ -44,7 +44,7 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
 
 # XLA:CPU settings diffjax makes on CPU hosts unless XLA_FLAGS already names the flag. Measured
 # on a 2-core AVX-512 Xeon, jax 0.10.2, each in fresh alternating processes
-# (experiments/benchmarks/flag_ab.py, conv_cpu.py; the .md files beside them):
+# (experiments/benchmarks/throughput/flag_ab.py, cpu/conv_cpu.py; the .md files beside them):
 # * YNNPACK's convolutions, XLA:CPU's default, take 4x as long as XLA's own (Eigen) kernels for
 #   the weight gradient of a 3x3 convolution on 32x32 activations (80 vs 20 ms), and the DDPM
 #   CIFAR-10 UNet's train step 5.1 s instead of 3.6 s. Dots go to Eigen as well: YNNPACK's
@@ -59,8 +59,8 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
 #   `jax.checkpoint` puts around what it recomputes, before common-subexpression elimination
 #   runs, so the recomputation merged back into the forward pass and `model.kwargs.remat` saved
 #   nothing (UNet, batch 8 per device: 650 MB of temporaries with and without). Without that
-#   pass: 409 MB with `full` or `dots` (experiments/benchmarks/remat_cpu.md). A program without
-#   barriers (no remat) compiles as before.
+#   pass: 409 MB with `full` or `dots` (experiments/benchmarks/memory/remat_cpu.md). A program
+#   without barriers (no remat) compiles as before.
 CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-individual_dot",
                  "xla_cpu_copy_insertion_use_region_analysis": "true",
                  "xla_disable_hlo_passes": "cse_barrier_expander"}

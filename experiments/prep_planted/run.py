@@ -1,4 +1,4 @@
-"""The preparation pipeline on the planted dirty dataset (diffjax/data/prep/planted.py): each
+"""The preparation pipeline on the planted dirty dataset (diffjax/testing/planted.py): each
 filter's precision and recall on the planted cases, face recall, metadata and caption checks.
 The same assertions run in tests/test_prep.py; this writes the numbers to results.md here.
 
@@ -32,7 +32,7 @@ def main():
 
   from configs import prep_base
   from diffjax.jobs.prep import prepare
-  from diffjax.data.prep.planted import build_planted
+  from diffjax.testing.planted import build_planted
   from diffjax.data.records import decode_record
 
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="planted-"))
@@ -76,7 +76,7 @@ def main():
   lines = [
       "# Preparation on the planted dirty dataset (measured)", "",
       f"`python experiments/prep_planted/run.py`: {manifest['counts']['inputs']} files built "
-      f"from CIFAR-10 JPEGs, MNIST digits and ORL faces by `diffjax/data/prep/planted.py`, "
+      f"from CIFAR-10 JPEGs, MNIST digits and ORL faces by `diffjax/testing/planted.py`, "
       f"prepared in {wall:.1f} s (2 DirectRunner workers, 2 cores).", "",
       "| planted defect | planted | flagged | precision | recall |", "|---|---|---|---|---|",
       *rows, "",

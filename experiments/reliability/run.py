@@ -3,7 +3,8 @@ against an uninterrupted run; plus bad configs. Writes results.json and results.
 
   python experiments/reliability/run.py [--sigterm 6] [--sigkill 6] [--workdir /tmp/reliability]
 
-The scenarios are those of tests/test_faults.py (tests/fault_injection.py), with more cases.
+The scenarios are those of tests/test_faults.py (diffjax/testing/fault_injection.py), with more
+cases, on the UNet of the default config's tiny variant (the tests use DiT-tiny).
 """
 
 import json
@@ -13,7 +14,6 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from absl import app, flags  # noqa: E402
@@ -55,15 +55,15 @@ BAD_CONFIGS = [
 ]
 
 
-def run_interruptions(rng, root) -> list[dict]:
+def run_interruptions(scenario, rng, root) -> list[dict]:
   """SIGTERM, SIGKILL and damaged-checkpoint cases, each against an uninterrupted run."""
-  import fault_injection as fi
-  from launch_util import launch
-  reference = fi.reference_run(fi.fresh(root / "reference"))
+  from diffjax.testing import fault_injection as fi
+  from diffjax.testing.launching import launch
+  reference = scenario.reference_run(fi.fresh(root / "reference"))
   rows = []
   for i in range(FLAGS.sigterm):
-    step = rng.randint(2, fi.STEPS - 2)
-    r = fi.sigterm_at(fi.fresh(root / f"sigterm{i}"), step, second_signal=(i % 2 == 1))
+    step = rng.randint(2, scenario.steps - 2)
+    r = scenario.sigterm_at(fi.fresh(root / f"sigterm{i}"), step, second_signal=(i % 2 == 1))
     r.update(kind="SIGTERM" + (" x2" if i % 2 else ""), at=step,
              identical=fi.identical(fi.final_arrays(root / f"sigterm{i}"), reference))
     r.pop("stderr")
@@ -72,19 +72,19 @@ def run_interruptions(rng, root) -> list[dict]:
   for i in range(FLAGS.sigkill):
     w = fi.fresh(root / f"sigkill{i}")
     if i % 2 == 0:
-      r = fi.sigkill_mid_save(w, nth_save=rng.randint(2, 8))
+      r = scenario.sigkill_mid_save(w, nth_save=rng.randint(2, 8))
       r["kind"] = "SIGKILL mid-save"
     else:
       t = rng.uniform(8.0, 25.0)
-      r = fi.sigkill_after(w, t)
+      r = scenario.sigkill_after(w, t)
       r.update(kind="SIGKILL at random time", at=round(t, 1))
     r["identical"] = fi.identical(fi.final_arrays(w), reference)
     rows.append(r)
     print(json.dumps(r), flush=True)
   for mode in ("truncate", "alter"):
     w = fi.fresh(root / f"damage_{mode}")
-    launch(*fi.base_args(w, steps=16))
-    r = fi.damage_latest(w, mode)
+    launch(*scenario.base_args(w, steps=16))
+    r = scenario.damage_latest(w, mode)
     r.update(kind=f"damaged checkpoint ({mode})", identical=fi.identical(fi.final_arrays(w),
                                                                          reference))
     rows.append(r)
@@ -94,9 +94,9 @@ def run_interruptions(rng, root) -> list[dict]:
 
 def main(argv):
   del argv
-  import fault_injection as fi
-  fi.CONFIG = "configs/default.py:tiny"  # the UNet of the recorded results (tests use DiT-tiny)
-  from launch_util import launch
+  from diffjax.testing import fault_injection as fi
+  from diffjax.testing.launching import launch
+  scenario = fi.Scenario("configs/default.py:tiny")  # the UNet of the recorded results
   rng = random.Random(FLAGS.seed)
   root = pathlib.Path(FLAGS.workdir)
   start = time.time()
@@ -105,13 +105,13 @@ def main(argv):
     previous = json.loads((out / "results.json").read_text())
     rows, start = previous["cases"], start - previous["summary"]["seconds"]
   else:
-    rows = run_interruptions(rng, root)
-  records = fi.bad_records(fi.fresh(root / "records"))
+    rows = run_interruptions(scenario, rng, root)
+  records = scenario.bad_records(fi.fresh(root / "records"))
   records.pop("stderr")
   print(json.dumps(records), flush=True)
   bad = []
   for override, needle in BAD_CONFIGS:
-    res = launch(*fi.base_args(fi.fresh(root / "bad"), steps=2), override, check=False)
+    res = launch(*scenario.base_args(fi.fresh(root / "bad"), steps=2), override, check=False)
     clear = res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
     bad.append({"override": override, "exit_code": res.returncode, "clear_message": clear,
                 "message": res.stderr.strip().splitlines()[-1][:200] if res.stderr else ""})

@@ -1,6 +1,6 @@
 """diffjax's GroupNorm (per-channel statistics) against flax's nn.GroupNorm, forward + backward.
 
-  python experiments/benchmarks/groupnorm_cpu.py        # writes groupnorm_<backend>.md beside it
+  python experiments/benchmarks/cpu/groupnorm_cpu.py    # writes groupnorm_<backend>.md beside it
 
 One bf16 activation [32, 32, 32, 128] (32 groups), followed by SiLU and a weighted sum so the
 gradient flows as in a residual block; median of 5 windows of 10 calls after compilation, the
@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 import flax.linen as nn  # noqa: E402

@@ -1,9 +1,10 @@
 """Where a profiled train step's time goes, from a ``jax.profiler`` trace (``*.xplane.pb``).
 
-  python experiments/benchmarks/train_throughput.py --configs cifar10_ddpm@128 --dtype bfloat16 \\
-      --isolate --notorch --profile_dir /tmp/prof                       # on the GPU machine
+  python experiments/benchmarks/throughput/train_throughput.py --configs cifar10_ddpm@128 \\
+      --dtype bfloat16 --isolate --notorch --profile_dir /tmp/prof      # on the GPU machine
   pip install xprof                                                     # anywhere
-  python experiments/benchmarks/profile_summary.py /tmp/prof/cifar10_ddpm_128/**/*.xplane.pb
+  python experiments/benchmarks/throughput/profile_summary.py \\
+      /tmp/prof/cifar10_ddpm_128/**/*.xplane.pb
 
 Prints, for the second profiled step: the step's span on the device against the kernels' busy
 time, the same split before the first convolution / matmul, between the first and the last, and

@@ -1,7 +1,7 @@
 """XLA:CPU's convolution kernels against PyTorch's (oneDNN), one 3x3 convolution at a time.
 
-  python experiments/benchmarks/conv_cpu.py      # writes conv_cpu.{md,json} beside this file
-  python experiments/benchmarks/conv_cpu.py --results conv_cpu_avx2   # another file stem
+  python experiments/benchmarks/cpu/conv_cpu.py      # writes conv_cpu.{md,json} beside this file
+  python experiments/benchmarks/cpu/conv_cpu.py --results conv_cpu_avx2   # another file stem
 
 For each shape of the DDPM CIFAR-10 UNet (batch 8 = one device's share of the CPU benchmark's
 16, NHWC, float32): the forward convolution, the input gradient and the weight gradient, each a
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 from diffjax.host import cpu_description  # noqa: E402
 
 # (batch, height = width, in channels, out channels): the UNet's 3x3 convolutions by level.

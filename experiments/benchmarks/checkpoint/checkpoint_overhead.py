@@ -7,8 +7,8 @@ times so that drift of a shared machine hits both alike. Reports the median wall
 arm, the relative overhead, and the time the loop spent blocked inside ``save()``. Writes
 ``checkpoint_<backend>.json`` / ``.md`` beside this file.
 
-  python experiments/benchmarks/checkpoint_overhead.py                      # default config
-  python experiments/benchmarks/checkpoint_overhead.py --config mnist:cpu --steps 200
+  python experiments/benchmarks/checkpoint/checkpoint_overhead.py           # default config
+  python experiments/benchmarks/checkpoint/checkpoint_overhead.py --config mnist:cpu --steps 200
 """
 
 import json
@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from absl import app, flags  # noqa: E402
@@ -41,18 +41,19 @@ def main(argv):
   import jax
 
   from diffjax import parallel
-  from diffjax.spec import build_spec
-  from diffjax.train import data_iterator, data_source, make_mesh
-  from diffjax.training import Checkpointer, parameter_count
-  from diffjax.training.setup import jit_train_step, setup_state
+  from diffjax.experiment import build_spec
+  from diffjax.jobs.common import (checkpointer, data_iterator, data_source, make_mesh,
+                                   state_setup)
+  from diffjax.training import parameter_count
+  from diffjax.training.setup import jit_train_step
 
   module, _, arg = FLAGS.config.partition(":")
   config = importlib.import_module(f"configs.{module}").get_config(arg or None)
   spec = build_spec(config, num_devices=jax.device_count())
   steps = FLAGS.steps or spec.checkpoint.every_steps
   mesh = make_mesh(spec)
-  setup = setup_state(spec, mesh)
-  step_fn = jit_train_step(setup, spec, mesh)
+  setup = state_setup(spec, mesh)
+  step_fn = jit_train_step(setup, mesh, spec.train, spec.faults)
   batch_sharding = parallel.batch_sharding(mesh)
   source = data_source(spec)
   scratch = pathlib.Path(tempfile.mkdtemp(prefix="diffjax-ckpt-bench-"))
@@ -66,7 +67,7 @@ def main(argv):
       local.pop("bad_records", None)
       state, metrics = step_fn(state, parallel.global_batch(local, batch_sharding))
     jax.block_until_ready(metrics)
-    ckpt = Checkpointer(scratch / tag, spec.checkpoint, verify=spec.faults.verify_checkpoints)
+    ckpt = checkpointer(spec, scratch / tag)  # writes to scratch/tag/checkpoints
     blocked = 0.0
     t0 = time.perf_counter()
     for i in range(1, steps + 1):
@@ -98,7 +99,7 @@ def main(argv):
   shutil.rmtree(scratch, ignore_errors=True)
   base, with_save = statistics.median(rows["no_save"]), statistics.median(rows["save"])
   result = {
-      "config": FLAGS.config, "model": spec.model.name,
+      "config": FLAGS.config, "model": spec.method.model.name,
       "params_M": round(parameter_count(setup.abstract.params) / 1e6, 2),
       "steps_per_save": steps, "repeats": FLAGS.repeats,
       "backend": jax.default_backend(), "devices": jax.device_count(),

@@ -1,9 +1,9 @@
 """Time FID's Tr (S1 S2)^(1/2) two ways on 2048-d covariances (the Inception pool size):
 diffjax's symmetric eigendecompositions (`metrics.frechet_distance`) vs the reference
 implementations' ``scipy.linalg.sqrtm`` of the product, on the same statistics in the same
-run; writes experiments/benchmarks/fid_trace_sqrt.{json,md}.
+run; writes experiments/benchmarks/evaluation/fid_trace_sqrt.{json,md}.
 
-  python experiments/benchmarks/fid_trace_sqrt.py
+  python experiments/benchmarks/evaluation/fid_trace_sqrt.py
 """
 
 import json
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import scipy.linalg
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 from diffjax.evaluation import metrics  # noqa: E402
 
 OUT = pathlib.Path(__file__).resolve().parent / "fid_trace_sqrt"

@@ -1,8 +1,8 @@
 """Where the DDPM UNet's CPU train step loses time outside the kernels: the allocator, the
 second device and the gradient collectives. Each case runs in a fresh process.
 
-  python experiments/benchmarks/cpu_breakdown.py      # writes cpu_breakdown.{md,json} here
-  python experiments/benchmarks/cpu_breakdown.py --results cpu_breakdown_avx2   # another stem
+  python experiments/benchmarks/cpu/cpu_breakdown.py      # writes cpu_breakdown.{md,json} here
+  python experiments/benchmarks/cpu/cpu_breakdown.py --results cpu_breakdown_avx2   # another stem
 
 * glibc settings (``GLIBC_TUNABLES``): step time, page faults, user and system CPU time per step
   of cifar10_ddpm on the host's two devices (16 images), for no tunable, huge pages (what
@@ -26,8 +26,9 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))  # conv_cpu
+sys.path.insert(0, str(HERE.parent / "throughput"))  # train_throughput
+sys.path.insert(0, str(HERE.parents[2]))
 from diffjax.host import cpu_description  # noqa: E402
 
 HUGE = "glibc.malloc.hugetlb=1"
@@ -64,7 +65,7 @@ def child_torch(threads: int) -> dict:
   import torch
 
   import train_throughput
-  from diffjax.spec import build_spec
+  from diffjax.experiment import build_spec
   train_throughput.FLAGS(["cpu_breakdown"])
   config = train_throughput.bench_config("cifar10_ddpm", 8 * threads, {})
   twin = train_throughput.TorchStep(build_spec(config, num_devices=1, check_network=False))

@@ -2,15 +2,15 @@
 step: the two settings alternate, each in a fresh process, on the same machine in the same run,
 so host-to-host differences cannot decide it.
 
-  python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \\
+  python experiments/benchmarks/throughput/flag_ab.py --config cifar10_ddpm \\
       --a=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution \\
       --b=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution --results ab_ynn_cpu
-  bash experiments/benchmarks/gpu.sh ab --config cifar10_ddpm@128 --dtype bfloat16 \\
+  bash experiments/benchmarks/throughput/gpu.sh ab --config cifar10_ddpm@128 --dtype bfloat16 \\
       --b=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION \\
       --results ab_command_buffer_gpu                                     # on a GPU
-  python experiments/benchmarks/flag_ab.py --config cifar10_ddpm \\
+  python experiments/benchmarks/throughput/flag_ab.py --config cifar10_ddpm \\
       --a_env=GLIBC_TUNABLES=glibc.malloc.hugetlb=0 --results ab_hugetlb_cpu   # malloc huge pages
-  python experiments/benchmarks/flag_ab.py --config dit_b2_latent --dtype bfloat16 \
+  python experiments/benchmarks/throughput/flag_ab.py --config dit_b2_latent --dtype bfloat16 \
       --a_set=model.kwargs.lean_residuals=False --results ab_lean_residuals_cpu  # a config field
 
 Each round runs A then B (``train_throughput.py --only=jax``, median step time of its windows);
@@ -35,7 +35,7 @@ import tempfile
 
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 from diffjax.host import cpu_description  # noqa: E402
 
 flags.DEFINE_string("config", "cifar10_ddpm", "a train_throughput.py row name "
@@ -100,9 +100,9 @@ def check_config(name: str, config: str) -> None:
   """Validates a setting's config (overrides included, network traced on the data shape) in a
   child process, so a misspelt field fails here, naming it, before any round."""
   code = ("import sys; sys.path[:0] = sys.argv[1:3]; import train_throughput as tt; "
-          "from diffjax.spec import build_spec; n, _, o = tt.parse_name(sys.argv[3]); "
+          "from diffjax.experiment import build_spec; n, _, o = tt.parse_name(sys.argv[3]); "
           "build_spec(tt.get_config(n, o), num_devices=1)")
-  done = subprocess.run([sys.executable, "-c", code, str(HERE), str(HERE.parents[1]), config],
+  done = subprocess.run([sys.executable, "-c", code, str(HERE), str(HERE.parents[2]), config],
                         capture_output=True, text=True)
   if done.returncode:
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]

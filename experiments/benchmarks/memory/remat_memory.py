@@ -3,15 +3,16 @@ backward pass keeps from the forward pass (the vjp's residuals: what `jax.checkp
 the same on every backend) beside the temporary memory of the compiled train step per device
 (what the backend's compiler makes of it). Compiles only; runs no step.
 
-  python experiments/benchmarks/remat_memory.py                      # CPU: UNet, MNIST UNet
-  python experiments/benchmarks/remat_memory.py --nocompile --policies=none --dtype bfloat16 \
-      --configs dit_xl2_latent@128,dit_xl2_latent@128+model.kwargs.lean_residuals=False \
+  python experiments/benchmarks/memory/remat_memory.py               # CPU: UNet, MNIST UNet
+  python experiments/benchmarks/memory/remat_memory.py --nocompile --policies=none \\
+      --dtype bfloat16 \\
+      --configs dit_xl2_latent@128,dit_xl2_latent@128+model.kwargs.lean_residuals=False \\
       --results residuals_lean                         # what lean residuals save, any size
-  bash experiments/benchmarks/gpu.sh remat                 # on a GPU: DiT-XL/2 and the UNet
+  bash experiments/benchmarks/throughput/gpu.sh remat      # on a GPU: DiT-XL/2 and the UNet
 
 Takes train_throughput.py's row names (``--configs``) and its ``--batch``, ``--dtype`` and
-``--attention``. Writes ``remat_<backend>.{md,json}`` beside this file (``--results``
-renames them).
+``--attention`` (it imports ``../throughput/train_throughput.py``). Writes
+``remat_<backend>.{md,json}`` beside this file (``--results`` renames them).
 
 On XLA:CPU the two agreed only once `tune_cpu_xla_flags` disabled the pass
 ``cse_barrier_expander``: it expands the optimisation barriers that `jax.checkpoint` places
@@ -27,7 +28,7 @@ import time
 
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "throughput"))
 import train_throughput as tt  # noqa: E402  (its flags: --configs, --batch, --dtype, ...)
 
 flags.DEFINE_list("policies", ["", "full", "dots"], "remat policies ('' or none = off)")
@@ -45,15 +46,17 @@ def residual_bytes(spec, setup) -> int:
   import jax
   import numpy as np
 
-  from diffjax.training import loss_fn
+  from diffjax.methods.diffusion import loss_fn
   s, c, b = spec.data.image_size, spec.data.channels, spec.data.batch_size
   batch = {"image": jax.ShapeDtypeStruct((b, s, s, c), np.float32),
            "label": jax.ShapeDtypeStruct((b,), np.int32)}
-  params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), setup.abstract.params)
+  params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                        setup.abstract.nets["denoiser"].params)
+  method = spec.method
 
   def residuals(p, batch):
-    loss = lambda p: loss_fn(p, batch, jax.random.PRNGKey(0), model=setup.model,
-                             spec=spec.diffusion, conditional=spec.model.conditional)[0]
+    loss = lambda p: loss_fn(p, batch, jax.random.PRNGKey(0), model=method.module,
+                             spec=method.diffusion, conditional=method.model.conditional)[0]
     return jax.tree.leaves(jax.vjp(loss, p)[1])
   return sum(int(np.prod(r.shape)) * r.dtype.itemsize
              for r in jax.eval_shape(residuals, params, batch))
@@ -63,16 +66,16 @@ def measure(label: str, policy: str) -> dict:
   import jax
 
   from diffjax import parallel
-  from diffjax.spec import build_spec
-  from diffjax.train import compile_step
-  from diffjax.training.setup import setup_state
+  from diffjax.experiment import build_spec
+  from diffjax.jobs.common import state_setup
+  from diffjax.jobs.train import compile_step
   name, at_batch, overrides = tt.parse_name(label)
   config = tt.bench_config(name, tt.row_batch(name, at_batch),
                            {**overrides, "model.kwargs.remat": policy})
   devices = jax.devices()
   spec = tt.latent_spec(name, build_spec(config, num_devices=len(devices), check_network=False))
   mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
-  setup = setup_state(spec, mesh)
+  setup = state_setup(spec, mesh)
   row = {"config": label, "remat": policy or "none", "devices": len(devices),
          "batch": spec.data.batch_size,
          "residual_mb_whole_batch": round(residual_bytes(spec, setup) / MB, 1)}

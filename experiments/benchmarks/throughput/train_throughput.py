@@ -14,9 +14,10 @@ devices (``--scaling``).
 
 Writes ``results_<backend>.json`` and ``results_<backend>.md`` beside this file.
 
-  python experiments/benchmarks/train_throughput.py                       # CPU set
-  python experiments/benchmarks/train_throughput.py --configs cifar10_ddpm@128,dit_b2_latent@256,\\
-      dit_xl2_latent@128 --dtype bfloat16 --isolate                      # on a GPU
+  python experiments/benchmarks/throughput/train_throughput.py            # CPU set
+  python experiments/benchmarks/throughput/train_throughput.py \\
+      --configs cifar10_ddpm@128,dit_b2_latent@256,dit_xl2_latent@128 \\
+      --dtype bfloat16 --isolate                                         # on a GPU
 
 A config name may carry ``@batch`` and ``+path=value`` overrides of its config, e.g.
 ``cifar10_ddpm@128+model.kwargs.dropout=0.0``. ``--isolate`` times each network of each row in
@@ -40,12 +41,12 @@ import statistics
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from absl import app, flags  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "cpu"))
 from conv_cpu import call_times  # noqa: E402  (warm-up call, then each call's seconds)
 
 flags.DEFINE_list("configs", ["default", "mnist:cpu", "mnist", "cifar10_ddpm"],
@@ -124,11 +125,15 @@ def _base_config(name: str):
 
 
 def latent_spec(name: str, spec):
-  """DiT configs run on 32x32x4 latents (ImageNet-256 through SD's VAE)."""
+  """DiT configs run on 32x32x4 latents (ImageNet-256 through SD's VAE): the data spec and the
+  diffusion method, which takes its networks' input shape from the data when it is built."""
   import dataclasses
-  if name.startswith("dit_"):
-    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, channels=4))
-  return spec
+  if not name.startswith("dit_"):
+    return spec
+  data = dataclasses.replace(spec.data, channels=4)
+  m = spec.method
+  method = type(m)(m.model, m.diffusion, m.sampler, m.optim, data, grad_accum=m.grad_accum)
+  return dataclasses.replace(spec, data=data, method=method)
 
 
 def peak_tflops(device_kind: str) -> float:
@@ -204,18 +209,19 @@ class OurStep:
     import numpy as np
 
     from diffjax import parallel
-    from diffjax.spec import build_spec
+    from diffjax.experiment import build_spec
+    from diffjax.jobs.common import state_setup
     from diffjax.training import parameter_count
-    from diffjax.training.setup import jit_train_step, setup_state
+    from diffjax.training.setup import jit_train_step
     config = bench_config(name, batch, overrides or {})
     devices = devices or jax.devices()
     spec = latent_spec(name, build_spec(config, num_devices=len(devices), check_network=False))
     self.spec = spec
     self.name = name
     self.mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
-    setup = setup_state(spec, self.mesh)
+    setup = state_setup(spec, self.mesh)
     self.setup = setup
-    self.fn = jit_train_step(setup, spec, self.mesh)
+    self.fn = jit_train_step(setup, self.mesh, spec.train, spec.faults)
     b, s, ch = spec.data.batch_size, spec.data.image_size, spec.data.channels
     rng = np.random.default_rng(0)
     self.batch_np = {"image": rng.uniform(-1, 1, (b, s, s, ch)).astype(np.float32),
@@ -235,8 +241,8 @@ class OurStep:
   def _model_flops(self, config, devices) -> float:
     """FLOPs of the step on the whole batch (backend-independent, see `train_step_flops`),
     with XLA attention for DiTs: XLA cannot count FLOPs inside a cuDNN attention call."""
-    from diffjax.estimate import train_step_flops
-    from diffjax.spec import build_spec
+    from diffjax.experiment import build_spec
+    from diffjax.jobs.estimate import train_step_flops
     config = config.copy_and_resolve_references()
     if config.model.name.startswith("DiT"):
       config.model.kwargs.attention_implementation = "xla"
@@ -267,14 +273,16 @@ class OurStep:
     """Denoiser forward passes per second (one sampling step over the batch = batch NFE)."""
     import jax
     import jax.numpy as jnp
-    model, labels = self.setup.model, self.batch["label"]
-    fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, jnp.full(x.shape[:1], 0.5),
-                                           labels if self.spec.model.conditional else None))
+    method, labels = self.spec.method, self.batch["label"]
+    fwd = jax.jit(lambda p, x: method.module.apply(
+        {"params": p}, x, jnp.full(x.shape[:1], 0.5),
+        labels if method.model.conditional else None))
     x = self.batch["image"]
-    jax.block_until_ready(fwd(self.state.ema_params, x))
+    ema_params = self.state.nets["denoiser"].ema_params
+    jax.block_until_ready(fwd(ema_params, x))
     t0 = time.perf_counter()
     for _ in range(steps):
-      out = fwd(self.state.ema_params, x)
+      out = fwd(ema_params, x)
     jax.block_until_ready(out)
     return x.shape[0] * steps / (time.perf_counter() - t0)
 
@@ -291,7 +299,7 @@ class TorchStep:
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     if self.device == "cpu":
       torch.set_num_threads(os.cpu_count())
-    name = spec.model.name
+    name = spec.method.model.name
     b, s, ch = spec.data.batch_size, spec.data.image_size, spec.data.channels
     if name == "ddpm-cifar10":
       from diffusers import UNet2DModel
@@ -316,7 +324,7 @@ class TorchStep:
     self.model.to(self.device).train()
     self.params_m = sum(p.numel() for p in self.model.parameters()) / 1e6
     self.params = list(self.model.parameters())
-    o = spec.optim
+    o = spec.method.optim
     self.opt = torch.optim.Adam(self.params, lr=1e-4, betas=(o.b1, o.b2), eps=o.eps)
     self.grad_clip, self.ema_decay = o.grad_clip, spec.train.ema_decay
     self.ema = [p.detach().clone() for p in self.params] if self.ema_decay else []
@@ -324,7 +332,7 @@ class TorchStep:
     self.x = torch.randn(b, ch, s, s, generator=gen).to(self.device)
     self.t = torch.randint(0, 1000, (b,), generator=gen).to(self.device)
     self.y = torch.randint(0, 1000, (b,), generator=gen).to(self.device)
-    self.bf16 = spec.model.dtype == "bfloat16"
+    self.bf16 = spec.method.model.dtype == "bfloat16"
     self.run(1, untimed=1)
 
   def step(self):
@@ -376,7 +384,7 @@ def row_batch(name: str, at_batch: int | None) -> int | None:
 
 def measure_torch(label: str) -> dict:
   """The PyTorch twin alone (``--only torch``): its row fields."""
-  from diffjax.spec import build_spec
+  from diffjax.experiment import build_spec
   name, at_batch, overrides = parse_name(label)
   config = bench_config(name, row_batch(name, at_batch), overrides)
   spec = latent_spec(name, build_spec(config, num_devices=1, check_network=False))
@@ -448,17 +456,18 @@ def measure(label: str) -> dict:
       progress(label, "PyTorch", w, torch_times[-1])
   step_s = statistics.median(our_times)
   spec = ours.spec
+  model, sampler = spec.method.model, spec.method.sampler
   b = spec.data.batch_size
   device = jax.devices()[0]
   peak = peak_tflops(device.device_kind) * jax.device_count()
   host_peak = None
   if not peak and device.platform == "cpu":
-    host_peak = measured_host_peak(spec.model.dtype)
+    host_peak = measured_host_peak(model.dtype)
     peak = host_peak["tflops"]
   nfe_per_s = ours.forward_rate(FLAGS.steps)
-  row = {"config": label, "model": spec.model.name, "params_M": round(ours.params_m, 2),
+  row = {"config": label, "model": model.name, "params_M": round(ours.params_m, 2),
          "image": f"{spec.data.image_size}x{spec.data.image_size}x{spec.data.channels}",
-         "batch": b, "dtype": spec.model.dtype, "devices": jax.device_count(),
+         "batch": b, "dtype": model.dtype, "devices": jax.device_count(),
          "device": device.device_kind,
          "step_ms": round(step_s * 1e3, 1), "images_per_s": round(b / step_s, 1),
          "compile_s": round(ours.compile_s, 1),
@@ -466,9 +475,9 @@ def measure(label: str) -> dict:
          "mfu": round(ours.flops_per_step / step_s / (peak * 1e12), 4) if peak else None,
          "memory_mb_per_device": ours.memory_mb,
          "sample_nfe_per_s": round(nfe_per_s, 1),
-         "sample_images_per_s": round(nfe_per_s / spec.sample.num_steps /
-                                      (2 if spec.sample.guidance_scale != 1 else 1), 4),
-         "sample_steps": spec.sample.num_steps,
+         "sample_images_per_s": round(nfe_per_s / sampler.num_steps /
+                                      (2 if sampler.guidance_scale != 1 else 1), 4),
+         "sample_steps": sampler.num_steps,
          "step_ms_by_window": [round(t * 1e3, 1) for t in our_times]}
   if host_peak:
     row.update(peak_tflops_measured=round(host_peak["tflops"], 4),
@@ -503,8 +512,9 @@ def measure_interleaved(labels: list[str]) -> list[dict]:
   rows = []
   for label, ours in steps.items():
     step_s = statistics.median(times[label])
-    rows.append({"config": label, "model": ours.spec.model.name,
-                 "batch": ours.spec.data.batch_size, "dtype": ours.spec.model.dtype,
+    model = ours.spec.method.model
+    rows.append({"config": label, "model": model.name,
+                 "batch": ours.spec.data.batch_size, "dtype": model.dtype,
                  "device": ours.mesh.devices.flat[0].device_kind,
                  "step_ms": round(step_s * 1e3, 1),
                  "images_per_s": round(ours.spec.data.batch_size / step_s, 1),

@@ -8,7 +8,8 @@ The peer, in the same run when PyTorch is installed: the reference TorchScript n
 (``--torchscript``, the file pytorch-fid's network was exported to) on the same images already
 resized to 299x299 (its resize is not timed, ours is), with all of this machine's threads.
 
-  python experiments/benchmarks/feature_throughput.py --source ../shared/assets/inception/inception-2015-12-05-fid.torchscript.pt
+  python experiments/benchmarks/evaluation/feature_throughput.py \\
+      --source ../shared/assets/inception/inception-2015-12-05-fid.torchscript.pt
 """
 
 import json
@@ -17,7 +18,7 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 
 from absl import app, flags  # noqa: E402
 
@@ -25,7 +26,7 @@ flags.DEFINE_string("source", None, "weight file to convert if the cache is empt
 flags.DEFINE_string("cache_dir", None, "converted-weights folder")
 flags.DEFINE_integer("batch", 64, "images per device call")
 flags.DEFINE_integer("batches", 4, "timed calls")
-flags.DEFINE_string("torchscript", str(pathlib.Path(__file__).resolve().parents[3] / "shared" /
+flags.DEFINE_string("torchscript", str(pathlib.Path(__file__).resolve().parents[4] / "shared" /
                     "assets" / "inception" / "inception-2015-12-05-fid.torchscript.pt"),
                     "reference network for the PyTorch comparison ('' to skip)")
 FLAGS = flags.FLAGS
