@@ -2,15 +2,13 @@
 
 Imports nothing heavy, so an entry point can call `reexec_with_huge_pages` first thing.
 
-Why huge pages: XLA:CPU allocates one temporary buffer per program execution (~670 MB per
-device for the DDPM CIFAR-10 UNet's train step) and frees it afterwards. glibc serves an
-allocation that large with a fresh ``mmap`` every time, so every step faults in and zeroes
-~333,000 4 KiB pages (0.55 s of system time per step over 2 cores). With
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` glibc asks for transparent huge pages for its
-mappings: ~1,500-1,800 faults per step (experiments/benchmarks/cpu/cpu_breakdown.md), and the
-step 3.37 s -> 3.17 s on the 2-core CPU machine
-(experiments/benchmarks/throughput/ab_hugetlb_cpu.md).
-glibc reads the tunable only at process start, hence the re-execution.
+Why huge pages: XLA:CPU allocates one large temporary buffer per program execution (hundreds
+of MB for a CIFAR-10 UNet's train step) and frees it afterwards. glibc serves an allocation
+that large with a fresh ``mmap`` every time, so every step faults in and zeroes it in 4 KiB
+pages. With ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` glibc asks for transparent huge pages
+for its mappings, which takes the page faults down by two orders of magnitude (measurements:
+experiments/benchmarks/cpu/cpu_breakdown.md, throughput/ab_hugetlb_cpu.md). glibc reads the
+tunable only at process start, hence the re-execution.
 """
 
 from __future__ import annotations

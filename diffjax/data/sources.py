@@ -39,7 +39,7 @@ class ArraySource:
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
   """The digits' pixel values [1797, 64] (0..16) and labels, read from the CSV file inside the
-  scikit-learn package without importing scikit-learn (1-2 s at every start); through
+  scikit-learn package without importing scikit-learn (seconds at every start); through
   ``load_digits`` where the file is not where this expects it."""
   spec = importlib.util.find_spec("sklearn")
   path = os.path.join((spec.submodule_search_locations or [""])[0] if spec else "",

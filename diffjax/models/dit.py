@@ -33,9 +33,8 @@ def _norm_modulate_kept(x, shift, scale):
 
   Without the barrier XLA:CPU fuses each block's normalisation into the fusions of the blocks
   after it and, in the backward pass, the residual cotangent's whole chain from the output down:
-  the optimised HLO grows quadratically with depth (DiT-B/2, depth 8: 33k lines against 12.5k
-  lean) and a DiT-B/2 train step took 28-31 s instead of 9.9-10.3 s (float32, batch 8, 2-core
-  host). The barrier (an identity; its transpose is one on the cotangent) makes x a materialised
+  the optimised HLO grows quadratically with depth and the train step slows several times
+  (experiments/benchmarks/throughput/results_cpu_dit_keepall_avx2.md). The barrier (an identity; its transpose is one on the cotangent) makes x a materialised
   value that later fusions read instead of recompute, which it is in memory anyway. The lean path
   does not need it: its custom VJP already cuts the chain.
   """
@@ -89,11 +88,9 @@ class DiT(nn.Module):
     remat: rematerialisation policy of every block ('' = off; ``layers.REMAT_POLICIES``).
     lean_residuals: recompute the blocks' norms, modulation, GELU and (XLA attention) softmax
       in the backward pass instead of keeping their intermediates: same values and gradients,
-      about a third of the activation memory without remat (DiT-XL/2, batch 128, bf16: 37.8
-      instead of 108.1 GB; see `layers.recompute_in_backward`), for 5-10% of step time on a
-      2-core CPU host (DiT-B/2: bf16 0.95x, float32 0.91x,
-      `experiments/benchmarks/throughput/ab_lean_residuals_cpu.md`,
-      `ab_lean_residuals_f32_cpu.md`; not yet measured on a GPU). False keeps everything
+      a fraction of the activation memory without remat, for some step time (see
+      `layers.recompute_in_backward`; measurements in experiments/benchmarks/memory/
+      residuals_lean.md and throughput/ab_lean_residuals*.md). False keeps everything
       autodiff keeps.
     dtype: compute dtype; param_dtype: parameter dtype.
   """

@@ -121,11 +121,10 @@ class UNet(nn.Module):
     remat: rematerialisation policy of every residual and attention block ('' = off; see
       ``layers.REMAT_POLICIES``): less activation memory, same results.
     lean_residuals: recompute GroupNorm (+SiLU) and the XLA attention's softmax in the backward
-      pass instead of keeping their float32 intermediates (`layers.recompute_in_backward`): the
-      DDPM CIFAR-10 UNet's backward pass keeps 2.6 GB instead of 7.9 GB at batch 128 (bf16).
-      Off by default: on a 2-core CPU host its step ran at 0.94x with it (float32, batch 16,
-      `experiments/benchmarks/throughput/ab_lean_residuals_unet_cpu.md`); turn it on where
-      activations limit the batch.
+      pass instead of keeping their float32 intermediates (`layers.recompute_in_backward`):
+      about a third of the residuals. Off by default: it costs step time (measurements in
+      experiments/benchmarks/memory/residuals_lean.md and
+      throughput/ab_lean_residuals_unet_cpu.md); turn it on where activations limit the batch.
     dtype: compute dtype; param_dtype: parameter dtype.
   """
 

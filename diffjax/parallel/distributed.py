@@ -42,25 +42,20 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
   return True
 
 
-# XLA:CPU settings diffjax makes on CPU hosts unless XLA_FLAGS already names the flag. Measured
-# on a 2-core AVX-512 Xeon, jax 0.10.2, each in fresh alternating processes
-# (experiments/benchmarks/throughput/flag_ab.py, cpu/conv_cpu.py; the .md files beside them):
-# * YNNPACK's convolutions, XLA:CPU's default, take 4x as long as XLA's own (Eigen) kernels for
-#   the weight gradient of a 3x3 convolution on 32x32 activations (80 vs 20 ms), and the DDPM
-#   CIFAR-10 UNet's train step 5.1 s instead of 3.6 s. Dots go to Eigen as well: YNNPACK's
-#   wants its operands in one layout, so XLA transposed activations for every weight gradient
-#   of a dense layer. YNNPACK stays on for elementwise fusions and reductions (turning it off
-#   entirely doubled that step).
+# XLA:CPU settings diffjax makes on CPU hosts unless XLA_FLAGS already names the flag (the
+# measurements behind each: experiments/benchmarks/README.md, throughput/ab_cpu_flags*.md,
+# cpu/conv_cpu*.md, memory/remat_cpu.md):
+# * YNNPACK's convolutions, XLA:CPU's default, were several times slower than XLA's own
+#   (Eigen) kernels for the weight gradients of 3x3 convolutions. Dots go to Eigen as well:
+#   YNNPACK's wants its operands in one layout, so XLA transposed activations for every weight
+#   gradient of a dense layer. YNNPACK stays on for elementwise fusions and reductions.
 # * Region-based copy insertion: with the default analysis XLA copied every parameter and
-#   Adam moment at the start of a data-parallel step (429 MB per device for that UNet; no
-#   copies on one device) instead of updating the donated state in place.
-# Both together: 3.46 -> 3.33 s per UNet step, 168 -> 163 ms for the digits model.
+#   Adam moment at the start of a data-parallel step instead of updating the donated state in
+#   place.
 # * Rematerialisation: XLA:CPU's pass `cse_barrier_expander` removes the optimisation barriers
 #   `jax.checkpoint` puts around what it recomputes, before common-subexpression elimination
 #   runs, so the recomputation merged back into the forward pass and `model.kwargs.remat` saved
-#   nothing (UNet, batch 8 per device: 650 MB of temporaries with and without). Without that
-#   pass: 409 MB with `full` or `dots` (experiments/benchmarks/memory/remat_cpu.md). A program
-#   without barriers (no remat) compiles as before.
+#   nothing. A program without barriers (no remat) compiles as before.
 CPU_XLA_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution,-individual_dot",
                  "xla_cpu_copy_insertion_use_region_analysis": "true",
                  "xla_disable_hlo_passes": "cse_barrier_expander"}

@@ -63,7 +63,7 @@ def _files(root: epath.Path) -> list[epath.Path]:
 def _register_array_handler() -> None:
   """Replicated arrays are written in slices by all their replicas in parallel; below 4 MiB per
   slice the per-slice dispatch costs more than it saves (a model of many small tensors on 8
-  CPU devices saved 3x slower), so small arrays are written by one replica."""
+  CPU devices saved several times slower), so small arrays are written by one replica."""
   handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=4 << 20)
   previous = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about any override

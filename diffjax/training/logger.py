@@ -31,8 +31,8 @@ class MetricsWriter:
     workdir.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
     if tensorboard:
-      # Imported here: tensorboardX imports PyTorch when it is installed (0.8 s on a 2-core
-      # host), which only runs that write events need to pay.
+      # Imported here: tensorboardX imports PyTorch when it is installed, which only runs
+      # that write events need to pay for.
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
 
