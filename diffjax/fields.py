@@ -34,3 +34,9 @@ class FieldChecker:
   def positive_int(self, value, field: str, minimum: int = 1) -> bool:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     return self.require(ok, field, f"must be an integer >= {minimum}, got {value!r}")
+
+  def keywords(self, registry, name: str, pairs: tuple, field: str) -> tuple:
+    """A free-form section's ``(key, value)`` pairs checked against what ``name`` in
+    ``registry`` (a `diffjax.registry.Registry`) accepts, values coerced to its types."""
+    checked = self.attempt(field, lambda: registry.check_kwargs(name, dict(pairs)))
+    return tuple(sorted(checked.items())) if checked is not None else pairs

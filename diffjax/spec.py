@@ -107,9 +107,7 @@ class ModelSpec:
                  "a conditional model needs data.num_classes > 0")
     kwargs = items(m.get("kwargs"))
     if ck.one_of(m.name, models.variant_names(), f"{section}.name"):
-      checked = ck.attempt(f"{section}.kwargs",
-                           lambda: models.MODELS.check_kwargs(m.name, dict(kwargs)))
-      kwargs = tuple(sorted(checked.items())) if checked is not None else kwargs
+      kwargs = ck.keywords(models.MODELS, m.name, kwargs, f"{section}.kwargs")
     return cls(m.name, m.dtype, conditional, kwargs)
 
 

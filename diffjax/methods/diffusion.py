@@ -88,9 +88,7 @@ class SamplerSpec:
                  "classifier-free guidance needs a conditional model (model.conditional=True)")
     options = items(s.options)
     if s.sampler in diffusion.SAMPLERS:
-      checked = ck.attempt("sample.options", lambda: diffusion.SAMPLERS.check_kwargs(
-          s.sampler, dict(options)))
-      options = tuple(sorted(checked.items())) if checked is not None else options
+      options = ck.keywords(diffusion.SAMPLERS, s.sampler, options, "sample.options")
     return cls(s.sampler, s.num_steps, s.spacing, options, float(s.guidance_scale))
 
 
