@@ -2,9 +2,8 @@
 
   python launch.py --config configs/default.py --workdir runs/default
   python launch.py --config configs/cifar10_ddpm.py:tiny --workdir runs/c10 --config.optim.lr=1e-4
-  python launch.py --config configs/default.py --workdir runs/default --mode sample
-  python launch.py --config configs/default.py --workdir runs/default --mode ref_stats   # then
-  python launch.py --config configs/default.py --workdir runs/default --mode eval
+  python launch.py --config configs/default.py --workdir runs/default --mode sample  # or eval
+  python launch.py --config configs/default.py --workdir runs/default --mode ref_stats
   python launch.py --config configs/default.py --workdir runs/sweep --sweep [--dry_run]
   python launch.py --config configs/cifar10_ddpm.py --workdir runs/c10 --mode estimate
   python launch.py --config configs/prep_cifar10.py --workdir data/c10 --mode prep  # data prep
@@ -24,10 +23,9 @@ from ml_collections import config_flags  # noqa: E402
 
 from diffjax.faults import EXIT_CONFIG, RunFault  # noqa: E402
 from diffjax.fields import ConfigError  # noqa: E402
-from diffjax.overrides import apply_free_form, flag_error_message, split_free_form  # noqa: E402
+from diffjax import overrides  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]")
 flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, samples (resumes if present); "
                     "with --mode prep, the prepared dataset's folder")
 flags.DEFINE_enum("mode", "train",
@@ -39,9 +37,8 @@ flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (other clusters)")
 flags.DEFINE_integer("num_processes", None, "number of processes (other clusters)")
 flags.DEFINE_integer("process_id", None, "this process's index (other clusters)")
-flags.DEFINE_string("compile_cache", "auto",
-                    "persistent XLA compilation cache folder ('auto': $JAX_COMPILATION_CACHE_DIR "
-                    "or ~/.cache/diffjax/jax; empty: off)")
+flags.DEFINE_string("compile_cache", "auto", "XLA compilation cache folder ('auto': "
+                    "$JAX_COMPILATION_CACHE_DIR or ~/.cache/diffjax/jax; empty: off)")
 flags.DEFINE_bool("split_cpu", True, "on a CPU-only host, one XLA device per core (faster)")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -56,8 +53,9 @@ def main(argv):
     config = FLAGS.config  # ml_collections reports a config file that failed to load here
     config.experiment  # noqa: B018
   except OSError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {overrides.config_file_error(e)}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
+
   try:
     if FLAGS.sweep:
       jobs.run_sweep(FLAGS["config"], FLAGS.workdir, dry_run=FLAGS.dry_run, argv=sys.argv)
@@ -82,14 +80,16 @@ def main(argv):
 def parse_flags(argv):
   """absl's parser; overrides of free-form sections (``model.kwargs``, ``sample.options``,
   ...) are set after it; a bad command line is reported in one line."""
-  argv, free_form = split_free_form(argv)
+  argv, free_form = overrides.split_free_form(argv)
   original, sys.argv = sys.argv, argv  # ml_collections reads its overrides from sys.argv
   try:
     rest = FLAGS(argv)
-    apply_free_form(FLAGS.config, free_form)
+    if len(rest) > 1:
+      raise flags.Error(f"unexpected argument(s) {rest[1:]}; every option is a --flag")
+    overrides.apply_free_form(FLAGS.config, free_form)
     return rest
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    print(f"error: {flag_error_message(e, argv)}", file=sys.stderr)
+    print(f"error: {overrides.flag_error_message(e, argv)}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
   finally:
     sys.argv = original

@@ -156,4 +156,9 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 10
   c.logging.log_every = 5
   c.model.dtype = "float32"
+  c.eval.num_samples = min(c.eval.num_samples, 256)
+  c.eval.train_num_samples = min(c.eval.train_num_samples, 256)
+  c.eval.kid_subset_size = min(c.eval.kid_subset_size, 100)
+  c.eval.classifier_steps = min(c.eval.classifier_steps, 200)
+  c.eval.likelihood_num = min(c.eval.likelihood_num, 64)
   return c

@@ -16,6 +16,7 @@ loaded config.
 from __future__ import annotations
 
 import ast
+import re
 from typing import Any, Sequence
 
 from diffjax.fields import ConfigError
@@ -93,8 +94,18 @@ def flag_error_message(error: Exception, argv: Sequence[str]) -> str:
     return (f"{bad[0] if bad else name}: no such config field (configs are locked: only "
             f"fields defined by the config file, or keys of a kwargs/options section, can be "
             f"overridden). {hint}").rstrip()
-  text = str(error).replace("\\n", " ").replace("\\'", "'").strip("'\"").replace("' Did",
-                                                                                   ": did")
+  text = str(error).replace("\\n", " ").replace("\\'", "'").replace("' Did", ": did")
+  if text[:1] in "'\"" and text[-1:] == text[:1]:  # absl quotes some messages whole
+    text = text[1:-1]
   if "Traceback" in text:  # a config file's own error: keep its last line
     text = text.split("Traceback")[0].strip() + " " + text.strip().splitlines()[-1]
+  m = re.match(r"flag (--config\.[\w.]+=\S*): (.*)", text)
+  if m:  # a value of the wrong type for its field
+    return f"{m.group(1)}: not a value of that field's type ({m.group(2)})"
   return f"bad command line: {text}"
+
+
+def config_file_error(error: OSError) -> str:
+  """One line for a ``--config`` file that could not be loaded."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f"--config: {lines[-1] if lines else error}"

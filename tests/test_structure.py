@@ -74,8 +74,8 @@ def _cycles(graph):
   return out
 
 
-def test_the_package_root_stays_empty():
-  assert GRAPH["diffjax"] == set()
+def test_the_package_root_stays_light():
+  assert GRAPH["diffjax"] == {"diffjax.api"}  # only inside diffjax.load
 
 
 def test_the_checker_finds_a_planted_circle():

@@ -58,9 +58,13 @@ def feature_net(d: DataSpec, e: EvalSpec, workdir: pathlib.Path, mesh, *, seed: 
   """The Inception network, or the domain classifier of ``workdir`` (trained on the training
   split first when missing and ``train_if_missing``)."""
   if e.feature_net == "inception":
-    return features.inception_net(mesh, cache_dir=e.inception_cache or None,
-                                  source=e.inception_source or None,
-                                  download=e.download_inception, protocol=e.protocol)
+    try:
+      return features.inception_net(mesh, cache_dir=e.inception_cache or None,
+                                    source=e.inception_source or None,
+                                    download=e.download_inception, protocol=e.protocol)
+    except (FileNotFoundError, ValueError) as err:  # no weights yet, or not Inception's
+      raise ConfigError(f"eval.feature_net=inception: {err}\nOr convert on the fly with "
+                        f"--config.eval.inception_source=<that file>.") from None
   directory = classifier_dir(workdir)
   try:
     return features.domain_net(mesh, directory)

@@ -3,6 +3,7 @@ runtime, the mesh, data, state restored for inference, sharded generation and lo
 
 from __future__ import annotations
 
+import os
 import pathlib
 import time
 
@@ -14,6 +15,7 @@ from diffjax import images, parallel
 from diffjax.experiment import ExperimentSpec, build_spec
 from diffjax.fields import ConfigError
 from diffjax.generate import Generator, grid_labels
+from diffjax.parallel import distributed
 from diffjax.spec import mesh_size
 from diffjax.training import Checkpointer, state_meta
 from diffjax.training.setup import StateSetup, setup_state
@@ -26,7 +28,16 @@ def log(message: str) -> None:
 
 def experiment_spec(config) -> ExperimentSpec:
   """The config checked against this runtime's devices and processes."""
-  return build_spec(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  try:
+    return build_spec(config, num_devices=jax.device_count(),
+                      num_processes=jax.process_count())
+  except ConfigError as e:
+    cores = os.cpu_count() or 1
+    if ("devices, but" in str(e) and jax.default_backend() == "cpu"
+        and jax.device_count() < cores):  # the mesh asks for devices launch.py did not make
+      reason = distributed.cpu_split_reason(config.data.batch_size, cores, jax.device_count())
+      raise ConfigError(f"{e}\n  ({reason})") from None
+    raise
 
 
 def make_mesh(spec: ExperimentSpec):
@@ -79,18 +90,18 @@ def abstract_batch(spec: ExperimentSpec, sharding, batch_size: int | None = None
           "label": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding)}
 
 
-def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh):
-  """``(setup, state, step)`` from the latest checkpoint; raises ConfigError if there is none."""
-  setup = state_setup(spec, mesh)
+def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh, step=None):
+  """``({role: parameters}, step)`` of the latest checkpoint (or ``step``): the EMA where a
+  network keeps one, nothing else (no optimiser state). ConfigError if there is none."""
   ckpt = checkpointer(spec, workdir)
   try:
-    state, step, _ = ckpt.restore_latest(setup.abstract)
+    params, step = ckpt.restore_params(state_setup(spec, mesh).abstract, step)
   finally:
     ckpt.close()
-  if state is None:
+  if params is None:
     raise ConfigError(f"no checkpoint in {workdir / 'checkpoints'}; train first "
                       f"(--mode train) or point --workdir at a trained run")
-  return setup, state, step
+  return params, step
 
 
 def make_generator(spec: ExperimentSpec, mesh) -> Generator:
@@ -110,10 +121,11 @@ def sample_grid(generate: Generator, params, spec: ExperimentSpec, rng) -> np.nd
 
 
 def generate_images(generator: Generator, params, spec: ExperimentSpec, n: int, rng,
-                    chunk: int) -> tuple[np.ndarray, np.ndarray]:
-  """``n`` uint8 samples with balanced class labels, ``chunk`` per device call, with progress
-  lines for long runs."""
-  labels = grid_labels(n, spec.data.num_classes)
+                    chunk: int, labels=None) -> tuple[np.ndarray, np.ndarray]:
+  """``n`` uint8 samples of ``labels`` (default: balanced classes), ``chunk`` per device call,
+  with progress lines for long runs."""
+  labels = grid_labels(n, spec.data.num_classes) if labels is None else np.asarray(labels,
+                                                                                    np.int32)
   outs, start = [], time.time()
   for i in range(0, n, chunk):
     outs.append(images.to_uint8(generator(params, jax.random.fold_in(rng, i),

@@ -14,11 +14,9 @@ experiments/benchmarks/throughput/train_throughput.py).
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 
 import jax
-import numpy as np
 from jax.sharding import AbstractMesh
 
 from diffjax import parallel
@@ -49,6 +47,26 @@ def train_step_flops(spec) -> float:
       setup.abstract, batch).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
+
+
+def _probe_spec(config, batch: int):
+  """``config`` with ``batch`` images on one device, no accumulation."""
+  probe = config.copy_and_resolve_references()
+  probe.data.batch_size = batch
+  probe.train.grad_accum = 1
+  probe.mesh.update(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+  return build_spec(probe, num_devices=1, check_network=False)
+
+
+def _temporaries(spec) -> int | None:
+  """Bytes of temporaries of ``spec``'s train step compiled for one local device (None where
+  the backend reports no memory analysis)."""
+  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  setup = setup_state(spec.method, mesh, parallel.DATA_PARALLEL_RULES)
+  compiled = jit_train_step(setup, mesh, spec.train, spec.faults).lower(
+      setup.abstract, abstract_batch(spec, parallel.batch_sharding(mesh))).compile()
+  memory = compiled.memory_analysis()
+  return None if memory is None else memory.temp_size_in_bytes
 
 
 def _options(config) -> dict:
@@ -91,26 +109,21 @@ def estimate(config, workdir: str | None = None) -> dict:
   target_setup = setup_state(spec.method, target, parallel.get_rules(spec.mesh.rules))
   _, state_mb = parallel.sharding_report(target_setup.abstract, target_setup.shardings)
 
-  # FLOPs and activation memory: the real train step compiled on one local device.
+  # FLOPs and activation memory: the real train step compiled on one local device, at two
+  # probe batches. The compiled temporaries grow with the batch by the activations (what the
+  # backward pass keeps plus the step's scratch); the slope is that cost per image, free of
+  # the optimiser update's batch-independent temporaries.
   probe_batch = min(per_device, _FLOPS_BATCH)
-  probe_config = config.copy_and_resolve_references()
-  probe_config.data.batch_size = probe_batch
-  probe_config.train.grad_accum = 1
-  probe_config.mesh.update(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
-  probe_spec = build_spec(probe_config, num_devices=1, check_network=False)
-  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  setup = setup_state(probe_spec.method, mesh, parallel.DATA_PARALLEL_RULES)
-  s, c = spec.data.image_size, spec.data.channels
-  compiled = jit_train_step(setup, mesh, probe_spec.train, probe_spec.faults).lower(
-      setup.abstract, abstract_batch(probe_spec, parallel.batch_sharding(mesh))).compile()
+  probe_spec = _probe_spec(config, probe_batch)
   flops_per_image = train_step_flops(probe_spec) / probe_batch
-  memory = compiled.memory_analysis()
+  temps = [_temporaries(_probe_spec(config, b)) for b in (probe_batch, 2 * probe_batch)]
   activation_mb = None
-  if memory is not None:
-    state_bytes = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize
-                      for a in jax.tree.leaves(setup.abstract))
+  if None not in temps:
     micro = per_device // spec.train.grad_accum
-    activation_mb = max(0.0, memory.temp_size_in_bytes - state_bytes) / probe_batch * micro / 2**20
+    activation_mb = max(0, temps[1] - temps[0]) / probe_batch * micro / 2**20
+  s, c = spec.data.image_size, spec.data.channels
+  setup = setup_state(probe_spec.method, parallel.make_mesh(
+      {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]), parallel.DATA_PARALLEL_RULES)
 
   flops_per_step = flops_per_image * batch
   peak = PEAK_TFLOPS[opts["chip"]] * 1e12 * n
@@ -155,7 +168,8 @@ def _print(r: dict) -> None:
       f"memory per device on {r['num_devices']} x {r['chip']} (mesh {r['mesh']}, "
       f"{r['rules']} rules): train state {r['state_mb_per_device']} MB of "
       f"{r['state_mb_total']} MB, activations ~{r['activation_mb_per_device']} MB "
-      f"(compiled on this host's backend; accelerators differ)",
+      f"(growth of the compiled step's temporaries with the batch on this host's backend; "
+      f"accelerators differ)",
       f"time at peak ({r['peak_tflops_per_chip']} TFLOP/s per chip, bf16): "
       f"{_hours(r['seconds_at_peak'])} = {r['chip_hours_at_peak']} chip-hours",
       f"time at {r['assumed_mfu']:.0%} MFU: {_hours(r['seconds_at_assumed_mfu'])} = "

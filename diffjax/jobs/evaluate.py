@@ -53,10 +53,16 @@ def evaluate(config, workdir: str) -> dict:
   spec = experiment_spec(config)
   workdir = workdir_lib.prepare(workdir, config, write=False)
   mesh = make_mesh(spec)
-  evaluator = Evaluator(spec.data, spec.eval, workdir, mesh)
-  _, state, step = restore_for_inference(spec, workdir, mesh)
+  evaluator = Evaluator(spec.data, spec.eval, workdir, mesh)  # before the restore: fails fast
+  params, step = restore_for_inference(spec, workdir, mesh)
+  return score(spec, workdir, mesh, params, step, evaluator)
+
+
+def score(spec: ExperimentSpec, workdir, mesh, params, step: int, evaluator=None) -> dict:
+  """Samples ``eval.num_samples`` images per seed from ``params`` ({role: parameters}),
+  scores them against the workdir's reference and writes ``<workdir>/eval/<name>.json``."""
+  evaluator = evaluator or Evaluator(spec.data, spec.eval, workdir, mesh)
   generator = make_generator(spec, mesh)
-  params = state.inference_params
   e = spec.eval
   name = e.name or f"{e.feature_net}_{spec.method.sampling_tag()}_n{e.num_samples}_step{step}"
   per_seed, start = [], time.time()

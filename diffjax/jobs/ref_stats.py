@@ -14,15 +14,20 @@ from diffjax import workdir as workdir_lib
 from diffjax.evaluation import reference
 from diffjax.evaluation.evaluator import (expected_fingerprint, feature_net, real_images,
                                           ref_path, ref_source)
+from diffjax.experiment import ExperimentSpec
 from diffjax.jobs.common import experiment_spec, log, make_mesh
 
 
 def ref_stats(config, workdir: str) -> pathlib.Path:
   """Computes and saves the reference statistics of ``eval.ref_split``."""
   spec = experiment_spec(config)
-  d, e = spec.data, spec.eval
   workdir = workdir_lib.prepare(workdir, config, write=jax.process_index() == 0)
-  mesh = make_mesh(spec)
+  return compute_reference(spec, workdir, make_mesh(spec))
+
+
+def compute_reference(spec: ExperimentSpec, workdir: pathlib.Path, mesh) -> pathlib.Path:
+  """Writes the reference statistics of ``spec``'s ``eval.ref_split``; returns their path."""
+  d, e = spec.data, spec.eval
   net = feature_net(d, e, workdir, mesh, seed=spec.train.seed, train_if_missing=True, log=log)
   source = ref_source(d, e)
   start = time.time()

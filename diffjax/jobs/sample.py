@@ -21,9 +21,9 @@ def sample(config, workdir: str) -> pathlib.Path:
   spec = experiment_spec(config)
   workdir = workdir_lib.prepare(workdir, config, write=False)
   mesh = make_mesh(spec)
-  _, state, step = restore_for_inference(spec, workdir, mesh)
+  params, step = restore_for_inference(spec, workdir, mesh)
   n = spec.sample.num_images
-  x, labels = generate_images(make_generator(spec, mesh), state.inference_params, spec, n,
+  x, labels = generate_images(make_generator(spec, mesh), params, spec, n,
                               jax.random.PRNGKey(spec.train.seed + 2), _CHUNK)
   out = workdir / "samples" / f"{spec.method.sampling_tag()}_step{step}"
   if jax.process_index() == 0:

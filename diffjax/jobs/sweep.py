@@ -63,17 +63,14 @@ def _format_value(value) -> str:
 def point_command(argv: list[str], workdir: str, point: dict) -> list[str]:
   """The launch command of one point: the sweep's own arguments minus sweep flags, with the
   point's workdir and overrides."""
-  args = [a for a in argv[1:] if a not in _STRIP_FLAGS and not a.startswith("--workdir")]
-  # Drop a "--workdir W" pair given as two arguments.
   cleaned, skip = [], False
-  for a in args:
-    if skip:
+  for a in argv[1:]:
+    if skip:  # the value of a "--workdir W" pair
       skip = False
-      continue
-    if a == "--workdir":
+    elif a in ("--workdir", "-workdir"):
       skip = True
-      continue
-    cleaned.append(a)
+    elif a not in _STRIP_FLAGS and not a.lstrip("-").startswith("workdir="):
+      cleaned.append(a)
   overrides = [f"--config.{k}={_format_value(v)}" for k, v in point["overrides"].items()]
   return [sys.executable, argv[0], *cleaned,
           f"--workdir={pathlib.Path(workdir) / point['name']}", *overrides]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diffjax import parallel, workdir as workdir_lib
@@ -23,10 +22,9 @@ from diffjax.faults import DataError, NumericalAbort, Preempted, PreemptionWatch
 from diffjax.jobs.common import (abstract_batch, checkpointer, data_iterator, data_source,
                                  experiment_spec, generate_images, log, make_generator,
                                  make_mesh, sample_grid, state_setup)
-from diffjax.training import Checkpointer, MetricsWriter, Progress, parameter_count
+from diffjax.training import Checkpointer, LogWindow, MetricsWriter, Progress, parameter_count
 from diffjax.training.feeder import DeviceFeeder
 from diffjax.training.setup import jit_train_step
-from diffjax.training.step import is_averaged
 
 
 def _across_note(spec: ExperimentSpec) -> str:
@@ -128,10 +126,12 @@ def train(config, workdir: str) -> dict:
       f"array's split in {workdir / 'sharding.txt'}")
 
   state, restored_step, data_restored = ckpt.restore_latest(setup.abstract, iterator)
+  window = LogWindow()
   if state is None:
     state = setup.init(jax.random.PRNGKey(spec.train.seed))
   else:
     log(f"resumed from checkpoint at step {restored_step} in {workdir}")
+    window = LogWindow(ckpt.log_window(restored_step))
     if not data_restored:
       iterator = data_iterator(spec, source, mesh, start_batch=restored_step)
 
@@ -159,29 +159,21 @@ def train(config, workdir: str) -> dict:
   progress = Progress(step, total, spec.data.batch_size, enabled=is_main)
   sample_rng = jax.random.PRNGKey(spec.train.seed + 1)
   watcher = PreemptionWatcher()
-  sums, count, last, bad_records = None, 0, {}, 0
+  last = {}
 
   try:
     while step < total:
       bad, batch = _next_batch(feeder, step)
-      bad_records += bad
       state, metrics = step_fn(state, batch)
       step += 1
       if step < total:  # the host prepares the next batches while the devices compute
         _fill(feeder, step)
-      # Sum metrics on device; read them back only at log steps.
-      averaged = {k: v for k, v in metrics.items() if is_averaged(k)}
-      sums = averaged if sums is None else jax.tree.map(jnp.add, sums, averaged)
-      count += 1
+      window.add(metrics, bad)  # summed on device; read back only at log steps
       if step % spec.logging.log_every == 0 or step == total:
-        fetched = jax.device_get((sums, metrics))
-        last = {k: float(v) / count for k, v in fetched[0].items()}
-        last.update({k: float(v) for k, v in fetched[1].items() if not is_averaged(k)})
-        last["bad_records"] = float(bad_records)
+        last = window.read()
         last.update(progress.update(step))
         writer.write(step, last)
         progress.line(step, last)
-        sums, count = None, 0
         _check_numerics(spec, last, step, ckpt)
       if spec.sample.every_steps and step % spec.sample.every_steps == 0 and step != total:
         writer.image(step, "samples", sample_grid(generate, state.inference_params, spec,
@@ -190,12 +182,12 @@ def train(config, workdir: str) -> dict:
         last.update(run_periodic_eval(evaluator, generate, state.inference_params, spec, step))
         writer.write(step, last)
       if watcher.should_stop(step):
-        ckpt.save(step, state, feeder, force=True)
+        ckpt.save(step, state, feeder, force=True, log_window=window.state())
         ckpt.wait()
         raise Preempted(f"{watcher.signal_name} received: saved the checkpoint of step {step} "
                         f"in {ckpt.directory}; launch again with the same --workdir to resume")
       if step % spec.checkpoint.every_steps == 0 or step == total:
-        ckpt.save(step, state, feeder, metrics=last or None)
+        ckpt.save(step, state, feeder, metrics=last or None, log_window=window.state())
     ckpt.wait()
     if spec.sample.at_end:
       writer.image(step, "samples", sample_grid(generate, state.inference_params, spec,

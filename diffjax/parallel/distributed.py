@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import jax
 
@@ -80,6 +81,13 @@ def tune_cpu_xla_flags() -> list[str]:
   return added
 
 
+def cpu_split_reason(batch_size: int, cores: int, devices: int) -> str:
+  """Why a CPU host runs fewer XLA devices than it has cores."""
+  return (f"this CPU host has {cores} cores but runs {devices} XLA device(s): launch.py gives "
+          f"each core a device only up to the largest divisor of data.batch_size "
+          f"({batch_size}); a batch divisible by {cores} uses every core")
+
+
 def split_host_into_devices(batch_size: int, cores: int | None = None) -> int:
   """On a CPU-only host, exposes one XLA device per core (at most ``batch_size``'s largest
   divisor not above the core count), so data parallelism uses every core, and applies
@@ -97,6 +105,9 @@ def split_host_into_devices(batch_size: int, cores: int | None = None) -> int:
     return 1
   cores = cores or os.cpu_count() or 1
   count = max(d for d in range(1, cores + 1) if batch_size % d == 0)
+  if count < cores:
+    print(f"[diffjax] note: {cpu_split_reason(batch_size, cores, count)}", file=sys.stderr,
+          flush=True)
   if count > 1:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
   return count

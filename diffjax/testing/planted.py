@@ -21,6 +21,8 @@ import tarfile
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+FASHION_IMAGES = "data/fashion_mnist/t10k-images-idx3-ubyte.gz"
+
 CIFAR_ARCHIVE = "data/cifar10_jpeg/cifar10-jpeg-q75.tar.gz"
 MNIST_IMAGES = "data/mnist_t10k/t10k-images-idx3-ubyte.gz"
 MNIST_LABELS = "data/mnist_t10k/t10k-labels-idx1-ubyte.gz"
@@ -230,3 +232,129 @@ def build_planted(root: str | os.PathLike, assets: str | os.PathLike, per_class:
     (root / ident).with_suffix(".txt").write_text(text)
     t.benign[ident] = text
   return t
+
+
+# Formats the folder source accepts, each with the Pillow save arguments that make a valid file.
+# Animated variants are listed separately: they are rejected as "animated" when whole.
+FORMATS = {
+    "png": ("PNG", {}), "jpg": ("JPEG", {"quality": 90}), "webp": ("WEBP", {"quality": 90}),
+    "lossless.webp": ("WEBP", {"lossless": True}), "gif": ("GIF", {}), "tif": ("TIFF", {}),
+    "lzw.tif": ("TIFF", {"compression": "tiff_lzw"}), "bmp": ("BMP", {}), "pgm": ("PPM", {}),
+}
+ANIMATED = {"anim.gif": "GIF", "anim.png": "PNG", "anim.webp": "WEBP"}
+
+
+def encode(image: np.ndarray, ext: str) -> bytes:
+  """``image`` (uint8 [H, W, C]) encoded as the format of ``ext`` (a key of FORMATS or
+  ANIMATED; animated files get a second, inverted frame)."""
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  buf = io.BytesIO()
+  if ext in ANIMATED:
+    pil.save(buf, ANIMATED[ext], save_all=True,
+             append_images=[Image.fromarray(255 - np.asarray(pil))])
+    return buf.getvalue()
+  fmt, kwargs = FORMATS[ext]
+  (pil.convert("L") if fmt == "PPM" else pil).save(buf, fmt, **kwargs)
+  return buf.getvalue()
+
+
+def truncated_files(image: np.ndarray, cuts=(0.5, 0.9)) -> dict[str, bytes]:
+  """``{"<cut>_<ext>": bytes}``: ``image`` in every supported format (animated ones too), cut
+  after each fraction ``cuts`` of its bytes."""
+  out = {}
+  for ext in [*FORMATS, *ANIMATED]:
+    data = encode(image, ext)
+    for cut in cuts:
+      out[f"cut{round(cut * 100)}_{ext}"] = data[:int(len(data) * cut)]
+  return out
+
+
+def damaged_files(image: np.ndarray, seed: int = 0, per_format: int = 4) -> dict[str, bytes]:
+  """Files whose header is intact but whose data is not: a random stretch after the first
+  tenth of each encoding overwritten with random bytes (same length as the original)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for ext in [*FORMATS, *ANIMATED]:
+    data = encode(image, ext)
+    for i in range(per_format):
+      b = bytearray(data)
+      lo = int(len(b) * rng.uniform(0.1, 0.8))
+      n = max(1, int(len(b) * rng.uniform(0.01, 0.15)))
+      b[lo:lo + n] = rng.bytes(len(b[lo:lo + n]))
+      out[f"damaged{i}_{ext}"] = bytes(b)
+  return out
+
+
+def fashion_mnist(assets: str | os.PathLike, n: int, seed: int = 0) -> list[np.ndarray]:
+  """``n`` distinct random Fashion-MNIST test images (uint8 [28, 28, 1])."""
+  with gzip.open(pathlib.Path(assets) / FASHION_IMAGES) as f:
+    images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+  picks = np.random.default_rng(seed).choice(len(images), n, replace=False)
+  return [images[i][..., None] for i in sorted(picks)]
+
+
+def cifar_images(assets: str | os.PathLike, n: int, split: str = "test",
+                 classes: tuple[str, ...] = ()) -> list[tuple[str, np.ndarray]]:
+  """The first ``n`` CIFAR-10 JPEGs of ``split`` (optionally only ``classes``), as
+  ``(class, uint8 [32, 32, 3])``, spread evenly over the classes asked for."""
+  out, seen = [], {}
+  per_class = -(-n // (len(classes) or 10))
+  with tarfile.open(pathlib.Path(assets) / CIFAR_ARCHIVE, "r:gz") as tar:
+    for m in tar:
+      parts = m.name.lstrip("./").split("/")
+      if not m.isfile() or len(parts) != 3 or parts[0] != split:
+        continue
+      cls = parts[1]
+      if (classes and cls not in classes) or seen.get(cls, 0) >= per_class:
+        continue
+      seen[cls] = seen.get(cls, 0) + 1
+      out.append((cls, np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read()))
+                                  .convert("RGB"))))
+      if len(out) >= n:
+        break
+  return out
+
+
+def resized(image: np.ndarray, factor: float,
+            resample=Image.Resampling.BICUBIC) -> np.ndarray:
+  """``image`` scaled by ``factor`` (each side rounded), as uint8 [H', W', C]."""
+  h, w = image.shape[:2]
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  out = np.asarray(pil.resize((max(1, round(w * factor)), max(1, round(h * factor))), resample))
+  return out[..., None] if out.ndim == 2 else out
+
+
+TEXTURES = ("grass", "gravel", "brick")
+
+
+def texture(name: str) -> np.ndarray:
+  """A real texture photograph shipped inside scikit-image (uint8 [512, 512])."""
+  import skimage.data
+  return np.asarray(getattr(skimage.data, name)())
+
+
+def faces_in_clutter(assets: str | os.PathLike, n: int, seed: int = 0, size: int = 512,
+                     scale: tuple[float, float] = (0.3, 0.6),
+                     textures: tuple[str, ...] = TEXTURES
+                     ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+  """``n`` ORL face photographs (92x112, scaled by a random factor in ``scale``: faces of
+  about 20-50 pixels) pasted at random places on ``size``-pixel crops of real textures
+  (scikit-image's grass, gravel, brick, in turn). Returns ``(uint8 [size, size, 1], face box
+  (x, y, w, h))`` pairs."""
+  rng = np.random.default_rng(seed)
+  faces = np.load(pathlib.Path(assets) / ORL_FACES)["images"]
+  picks = rng.choice(len(faces), n, replace=n > len(faces))
+  tex = {t: texture(t) for t in textures}
+  out = []
+  for i, j in enumerate(picks):
+    bg_full = tex[textures[i % len(textures)]]
+    y0, x0 = (int(rng.integers(0, s - size + 1)) for s in bg_full.shape[:2])
+    canvas = bg_full[y0:y0 + size, x0:x0 + size].copy()
+    s = rng.uniform(*scale)
+    face = np.asarray(Image.fromarray(faces[j]).resize(
+        (round(92 * s), round(112 * s)), Image.Resampling.BICUBIC))
+    fh, fw = face.shape
+    y, x = int(rng.integers(0, size - fh)), int(rng.integers(0, size - fw))
+    canvas[y:y + fh, x:x + fw] = face
+    out.append((canvas[..., None], (x, y, fw, fh)))
+  return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import sys
 from typing import Any, Callable
 
@@ -35,7 +34,7 @@ _TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 def _warn(message: str) -> None:
-  logging.warning(message)
+  """One line on stderr, from process 0 (not through `logging` as well: it would print twice)."""
   if jax.process_index() == 0:
     print(f"[diffjax] WARNING: {message}", file=sys.stderr, flush=True)
 
@@ -106,7 +105,7 @@ class Checkpointer:
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies))
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                            item_names=("state", "data", "meta"))
+                                            item_names=("state", "data", "meta", "log_window"))
     except OSError as e:
       raise CheckpointError(f"cannot use checkpoint folder {self.directory}: {e}") from e
 
@@ -126,12 +125,15 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state, data_iterator=None, metrics: dict | None = None,
-           force: bool = False) -> bool:
-    """Starts an asynchronous save (after the previous one has finished)."""
+           force: bool = False, log_window: dict | None = None) -> bool:
+    """Starts an asynchronous save (after the previous one has finished). ``log_window``: the
+    training loop's metrics since its last log step (JSON), so a resumed run logs the same."""
     self.wait()
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(self.meta)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    if log_window is not None:
+      items["log_window"] = ocp.args.JsonSave(log_window)
     try:
       saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
                                  force=force)
@@ -246,6 +248,50 @@ class Checkpointer:
       raise CheckpointError(f"no checkpoint in {self.directory} could be restored:\n  " +
                             "\n  ".join(problems) + "\nMove the folder away to start afresh.")
     return None, None, False
+
+  def restore_params(self, abstract_state, step: int | None = None) -> tuple[dict | None, int]:
+    """What inference needs and nothing more: ``{role: parameters}`` (the EMA where the network
+    keeps one) of checkpoint ``step`` (default: the newest whose files verify); optimiser
+    states and the data position are not read. Damaged checkpoints are skipped, not moved.
+
+    Returns:
+      ``(params_by_role, step)``, or ``(None, None)`` when the folder holds no checkpoint.
+
+    Raises:
+      CheckpointError: ``step`` is not there, its layout differs, or none can be read.
+    """
+    steps = self.all_steps()
+    if not steps:
+      return None, None
+    if step is not None and step not in steps:
+      raise CheckpointError(f"no checkpoint of step {step} in {self.directory}; it holds "
+                            f"steps {steps}")
+    candidates = [step] if step is not None else list(reversed(steps))
+    self._check_layout(candidates[0])
+    keys = {role: "params" if net.ema_params is None else "ema_params"
+            for role, net in abstract_state.nets.items()}
+    want = {"nets": {role: {key: getattr(abstract_state.nets[role], key)}
+                     for role, key in keys.items()}}
+    problems = []
+    for s in candidates:
+      ok, why = self.verify(s) if self.verify_files else (None, "")
+      if ok is False:
+        _warn(f"checkpoint {self.directory / str(s)} is damaged ({why}); skipping it")
+        problems.append(f"step {s}: {why}")
+        continue
+      restored = self._manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=want, restore_args=ocp.checkpoint_utils.construct_restore_args(want),
+          partial_restore=True)))["state"]["nets"]
+      return {role: restored[role][key] for role, key in keys.items()}, s
+    raise CheckpointError(f"no checkpoint in {self.directory} could be read: "
+                          f"{'; '.join(problems)}")
+
+  def log_window(self, step: int) -> dict | None:
+    """The ``log_window`` saved with checkpoint ``step`` (None if it has none)."""
+    if not (self.directory / str(step) / "log_window").exists():
+      return None
+    return self._manager.restore(step, args=ocp.args.Composite(
+        log_window=ocp.args.JsonRestore()))["log_window"]
 
   def _check_layout(self, step: int) -> None:
     """Refuses a checkpoint whose state layout differs from this run's (`CheckpointError`)."""

@@ -11,9 +11,48 @@ import sys
 import time
 from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diffjax import images
+from diffjax.training.step import is_averaged
+
+
+class LogWindow:
+  """A step's metrics summed on device until the next log step (no host sync in between), with
+  the count of unreadable records. Its `state` goes into every checkpoint, so a run resumed
+  after a preemption logs exactly the rows and values an uninterrupted run logs."""
+
+  def __init__(self, state: dict | None = None):
+    state = state or {}
+    self.sums = ({k: jnp.asarray(v, jnp.float32) for k, v in state["sums"].items()}
+                 if state.get("sums") else None)
+    self.count = int(state.get("count", 0))
+    self.bad_records = int(state.get("bad_records", 0))
+    self._last = None
+
+  def add(self, metrics: Mapping[str, jax.Array], bad_records: int = 0) -> None:
+    averaged = {k: v for k, v in metrics.items() if is_averaged(k)}
+    self.sums = averaged if self.sums is None else jax.tree.map(jnp.add, self.sums, averaged)
+    self.count += 1
+    self.bad_records += bad_records
+    self._last = metrics
+
+  def read(self) -> dict[str, float]:
+    """The window's averages and the last values of the other metrics; starts a new window."""
+    sums, last = jax.device_get((self.sums, self._last))
+    row = {k: float(v) / self.count for k, v in sums.items()}
+    row.update({k: float(v) for k, v in last.items() if not is_averaged(k)})
+    row["bad_records"] = float(self.bad_records)
+    self.sums, self.count = None, 0
+    return row
+
+  def state(self) -> dict:
+    """JSON-ready: the device sums (exact float32 values), count and bad records."""
+    sums = jax.device_get(self.sums) if self.sums is not None else {}
+    return {"sums": {k: float(v) for k, v in sums.items()}, "count": self.count,
+            "bad_records": self.bad_records}
 
 
 class MetricsWriter:
