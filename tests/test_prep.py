@@ -582,8 +582,8 @@ def test_caption_scrubbing_keeps_benign_numbers(text):
 
 @needs_assets
 def test_faces_on_textured_background_are_anonymised(tmp_path):
-  """ORL faces of about 20-50 pixels pasted on real textures (grass, gravel, brick): at least
-  95% of face regions come out anonymised (YuNet at one scale found about 80%)."""
+  """ORL faces of about 22-50 pixels high pasted on real textures (grass, gravel, brick): at
+  least 95% of the face regions come out anonymised (YuNet at one scale: about 60%)."""
   scenes = planted_data.faces_in_clutter(ASSETS, 30, seed=5)
   folder = tmp_path / "raw" / "train" / "scene"
   folder.mkdir(parents=True)
@@ -600,5 +600,4 @@ def test_faces_on_textured_background_are_anonymised(tmp_path):
     before, after = img[core].astype(np.float32), out[core].astype(np.float32)
     anonymised += bool(np.abs(before - after).mean() > 4.0 and checks.laplacian_variance(
         after.astype(np.uint8)) < 0.5 * checks.laplacian_variance(before.astype(np.uint8)))
-  print("anonymised", anonymised, len(scenes))
   assert anonymised / len(scenes) >= 0.95, anonymised

@@ -334,11 +334,11 @@ def texture(name: str) -> np.ndarray:
 
 
 def faces_in_clutter(assets: str | os.PathLike, n: int, seed: int = 0, size: int = 512,
-                     scale: tuple[float, float] = (0.3, 0.6),
+                     scale: tuple[float, float] = (0.2, 0.45),
                      textures: tuple[str, ...] = TEXTURES
                      ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
   """``n`` ORL face photographs (92x112, scaled by a random factor in ``scale``: faces of
-  about 20-50 pixels) pasted at random places on ``size``-pixel crops of real textures
+  about 22-50 pixels high) pasted at random places on ``size``-pixel crops of real textures
   (scikit-image's grass, gravel, brick, in turn). Returns ``(uint8 [size, size, 1], face box
   (x, y, w, h))`` pairs."""
   rng = np.random.default_rng(seed)
