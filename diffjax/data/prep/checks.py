@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from diffjax.data.prep import containers
+
 # Modes converted on decode; anything else (16-bit, float, CMYK, ...) is quarantined.
 _CONVERTIBLE = {"L": "L", "RGB": "RGB", "P": "RGB", "RGBA": "RGB", "LA": "L", "1": "L",
                 "PA": "RGB"}
@@ -33,21 +35,35 @@ def decode_validated(data: bytes, *, max_side: int, max_pixels: int) -> tuple[np
   "had_gps", "had_xmp"}``. The pixels never carry metadata; encoders downstream write only
   pixels, which is how EXIF/XMP is removed.
 
+  Every step that touches the file (open, frame count, pixel load, EXIF, conversion) runs
+  inside one error boundary: whatever a format plugin raises on bad data becomes `Rejected`,
+  so no file can end the run. A file whose container ends before its own structures say
+  (`containers.is_truncated`) is ``truncated`` before any decoding.
+
   Raises:
     Rejected: ``empty_file``, ``too_large`` (checked from the header, before decoding, so a
-      decompression bomb costs nothing), ``corrupt``, ``truncated``, ``unsupported_mode``,
+      decompression bomb costs nothing), ``truncated``, ``corrupt``, ``unsupported_mode``,
       ``animated``.
   """
   if not data:
     raise Rejected("empty_file", "0 bytes")
+  if containers.is_truncated(data):
+    raise Rejected("truncated", f"{len(data)} bytes, fewer than the file's structure records")
   try:
-    img = Image.open(io.BytesIO(data))
-  except Image.DecompressionBombError as e:  # PIL's own limit, hit before ours
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      return _decode(data, max_side, max_pixels)
+  except Rejected:
+    raise
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise Rejected("too_large", str(e)) from None
-  except Exception as e:  # PIL raises several types for unrecognised files
-    reason = "truncated" if looks_truncated(data) else "corrupt"
+  except Exception as e:  # plugins raise OSError, SyntaxError, EOFError, struct.error, ...
+    reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
     raise Rejected(reason, f"{type(e).__name__}: {e}") from None
-  with img:
+
+
+def _decode(data: bytes, max_side: int, max_pixels: int) -> tuple[np.ndarray, dict]:
+  with Image.open(io.BytesIO(data)) as img:
     w, h = img.size
     if max(w, h) > max_side or w * h > max_pixels:
       raise Rejected("too_large", f"{w}x{h} (limits: side {max_side}, {max_pixels} pixels)")
@@ -57,37 +73,34 @@ def decode_validated(data: bytes, *, max_side: int, max_pixels: int) -> tuple[np
       raise Rejected("animated", f"{img.n_frames} frames")
     if img.mode not in _CONVERTIBLE:
       raise Rejected("unsupported_mode", f"mode {img.mode}")
-    exif = img.getexif()
+    img.load()  # pixels first: for PNG, reading EXIF would load them outside any check
     meta = {"format": img.format or "?", "mode": img.mode, "size": (h, w),
-            "had_exif": len(exif) > 0, "had_gps": 0x8825 in exif,
             "had_xmp": "xmp" in img.info or b"http://ns.adobe.com/xap" in data[:65536]}
-    try:
-      with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img.load()
-    except OSError as e:
-      reason = "truncated" if looks_truncated(data) or "truncated" in str(e).lower() \
-          else "corrupt"
-      raise Rejected(reason, str(e)) from None
-    except Exception as e:  # decoders raise ValueError, SyntaxError, warnings-as-errors, ...
-      raise Rejected("corrupt", f"{type(e).__name__}: {e}") from None
+    meta.update(_exif_flags(img))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
       img = img.convert("RGBA")
       background = Image.new("RGBA", img.size, (255, 255, 255, 255))
       img = Image.alpha_composite(background, img)  # transparent -> white
-    img = ImageOps.exif_transpose(img)
+    if meta["had_exif"]:
+      try:
+        img = ImageOps.exif_transpose(img)
+      except Exception:  # a damaged orientation tag: keep the stored orientation
+        meta["exif_unreadable"] = True
     img = img.convert(_CONVERTIBLE.get(img.mode, "RGB"))
     pixels = np.asarray(img)
   return (pixels[..., None] if pixels.ndim == 2 else pixels), meta
 
 
-def looks_truncated(data: bytes) -> bool:
-  """A JPEG or PNG whose start is intact but whose end marker is missing."""
-  if data[:3] == b"\xff\xd8\xff":
-    return not data.rstrip(b"\0").endswith(b"\xff\xd9")
-  if data[:8] == b"\x89PNG\r\n\x1a\n":
-    return b"IEND" not in data[-16:]
-  return False
+def _exif_flags(img: Image.Image) -> dict:
+  """EXIF presence and GPS; damaged EXIF (valid pixels) counts as present and unreadable, not
+  as a bad image: the output is re-encoded from pixels and carries none of it anyway."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # Pillow warns on every damaged EXIF tag
+      exif = img.getexif()
+      return {"had_exif": len(exif) > 0, "had_gps": 0x8825 in exif}
+  except Exception:
+    return {"had_exif": True, "had_gps": False, "exif_unreadable": True}
 
 
 def grey(image: np.ndarray) -> np.ndarray:
