@@ -84,7 +84,8 @@ def anonymise(image: np.ndarray, boxes, mode: str, margin: float = 0.2) -> np.nd
 
 
 # Caption scrubbing. Order matters: URLs with user names before e-mails (user:pass@host), cards
-# before phone numbers (both are digit runs).
+# and ID numbers before phone numbers (all are digit runs), phone numbers before addresses (a
+# number after a street would read as a house or flat number).
 _URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
 _USER_URL_PARTS = re.compile(
     r"^(?:https?://)?[^/\s@]+@"  # user[:password]@host
@@ -98,19 +99,6 @@ _SOCIAL = re.compile(r"^(?:https?://)?(?:www\.)?(?:twitter\.com|x\.com|instagram
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}\b", re.IGNORECASE)
 _CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}"
-                    r"(?:[\s.-]\d{2,6}){1,4}(?![\w])")
-_STREET = (r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|"
-           r"Place|Pl|Terrace|Close|Square|Sq|Parkway|Pkwy|Highway|Hwy|Crescent|Row|Strasse|"
-           r"Straße")
-_ADDRESS = re.compile(
-    r"\b\d{1,5}[A-Za-z]?,?\s+(?:[A-Z][\w'.-]*\s+){1,4}(?:" + _STREET + r")\b\.?"
-    r"(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
-    r"(?:,?\s*(?:Apt|Apartment|Suite|Unit|Flat)\.?\s*#?\w+)?"
-    r"|\b[A-Z]\w*(?:straße|strasse|weg|gasse|platz)\s+\d{1,5}[a-z]?\b"
-    r"|\b(?:[A-Z][\w'.-]*\s+){1,3}(?:Strasse|Straße)\s+\d{1,5}[a-z]?\b")
-
-
 def _luhn_ok(digits: str) -> bool:
   total = 0
   for i, ch in enumerate(reversed(digits)):
@@ -128,16 +116,6 @@ def _card(match: re.Match) -> str:
   return "[CARD_NUMBER]" if 13 <= len(digits) <= 19 and (_luhn_ok(digits) or grouped) else text
 
 
-def _phone(match: re.Match) -> str:
-  text = match.group(0)
-  digits = re.sub(r"\D", "", text)
-  if not 9 <= len(digits) <= 15:
-    return text
-  if re.fullmatch(r"(19|20)\d\d[-./](0?[1-9]|1[0-2])[-./]\d{1,2}", text):  # a date
-    return text
-  return "[PHONE]"
-
-
 def _url(match: re.Match) -> str:
   url = match.group(0).rstrip(".,;:!?)")
   tail = match.group(0)[len(url):]
@@ -146,7 +124,134 @@ def _url(match: re.Match) -> str:
   return match.group(0)
 
 
-def scrub_caption(text: str) -> tuple[str, dict[str, int]]:
+# Regions whose national formats (numbers written without a country code) are looked for;
+# numbers with "+" or an international prefix are found for every region.
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "IN", "JP", "CN", "BR", "MX", "AU",
+                 "ZA", "RU", "KR", "NG", "TR", "ID", "PH")
+_MIN_PHONE_DIGITS = 7  # shorter digit runs are years, counts and model numbers far more often
+_DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
+
+
+def phone_spans(text: str, regions=PHONE_REGIONS) -> list[tuple[int, int]]:
+  """``(start, end)`` of every phone number in ``text``, found by libphonenumber's matcher
+  (`phonenumbers`, Google's library) at "possible" leniency: the number has a length some
+  numbering plan allows. "Valid" leniency would also ask that the range be allocated today,
+  which misses reserved and newly allocated ranges (UK 07700 900xxx, US 555-01xx), so for
+  privacy the looser test is the right one. Dates and runs under 7 digits are left alone."""
+  if sum(c.isdigit() for c in text) < _MIN_PHONE_DIGITS:
+    return []
+  import phonenumbers
+  spans = []
+  for region in ("ZZ", *regions):  # ZZ: only numbers with a country code
+    for m in phonenumbers.PhoneNumberMatcher(text, region,
+                                             leniency=phonenumbers.Leniency.POSSIBLE):
+      # The number without its extension ("1024 x 768" reads as 1024 extension 768).
+      digits = sum(c.isdigit() for c in m.raw_string) - len(m.number.extension or "")
+      if (digits >= _MIN_PHONE_DIGITS and not _DATE.fullmatch(m.raw_string)
+          and len(phonenumbers.national_significant_number(m.number)) >= 6):
+        spans.append((m.start, m.end))
+  return _merge(spans)
+
+
+# usaddress (a conditional random field over tokens, its model inside the wheel) labels
+# English-language addresses; an address is a house number, a street name and a street type
+# (or a PO box), with a flat and a locality block that holds a postcode when they follow.
+_STREET = {"AddressNumber", "AddressNumberPrefix", "AddressNumberSuffix",
+           "StreetNamePreDirectional", "StreetNamePreModifier", "StreetNamePreType",
+           "StreetName", "StreetNamePostType", "StreetNamePostDirectional",
+           "StreetNamePostModifier", "USPSBoxType", "USPSBoxID"}
+_LOCALITY = {"OccupancyType", "OccupancyIdentifier", "SubaddressType", "SubaddressIdentifier",
+             "PlaceName", "StateName", "ZipCode", "CountryName"}
+_NOT_STREET_WORDS = {"a", "an", "the", "on", "in", "at", "of", "with", "and", "to", "for", "by",
+                     "near", "from", "into", "onto", "over", "under", "is", "are", "was"}
+
+
+def _english_address_spans(text: str) -> list[tuple[int, int]]:
+  import usaddress
+  tokens = usaddress.tokenize(text)
+  if not tokens:
+    return []
+  labels = [label for _, label in usaddress.parse(text)]
+  starts, pos = [], 0
+  for tok in tokens:  # token offsets in the original text
+    pos = text.index(tok, pos)
+    starts.append(pos)
+    pos += len(tok)
+  spans, i = [], 0
+  while i < len(tokens):
+    if labels[i] not in ("AddressNumber", "USPSBoxType"):
+      i += 1
+      continue
+    j = i
+    while j + 1 < len(tokens) and labels[j + 1] in _STREET:
+      j += 1
+    part = labels[i:j + 1]
+    names = [tokens[k].strip(",.").lower() for k in range(i, j + 1)
+             if labels[k] == "StreetName"]
+    street = ("AddressNumber" in part and names and len(names) <= 4
+              and not _NOT_STREET_WORDS & set(names)
+              and ("StreetNamePostType" in part or "StreetNamePreType" in part)
+              and any(c.isdigit() for c in tokens[i]))
+    box_type = " ".join(tokens[k] for k in range(i, j + 1) if labels[k] == "USPSBoxType")
+    box = "USPSBoxID" in part and re.search(r"box|bag|drawer|\bp\.?\s?o\b", box_type, re.I)
+    if street or box:
+      k = j
+      while (k + 1 < len(tokens) and labels[k + 1] in _LOCALITY
+             and "[" not in tokens[k + 1]):  # stop at an earlier placeholder
+        k += 1
+      # Up to the last flat number or postcode of the locality block that follows.
+      j = max([m for m in range(j + 1, k + 1) if any(c.isdigit() for c in tokens[m])],
+              default=j)
+      end = starts[j] + len(tokens[j].rstrip(",;:"))
+      spans.append((starts[i], end))
+    i = j + 1
+  return spans
+
+
+# Continental European formats: no package on PyPI tags them offline (libpostal's binding needs
+# its C library and a ~2 GB model download; deepparse and GLiNER download models at run time),
+# so these stay patterns: a street-type word (or a compound ending in one) next to a house number.
+_EU_TYPES = (r"rue|avenue|boulevard|bd|chemin|allée|impasse|quai|place|via|viale|piazza|corso|"
+             r"vicolo|calle|avenida|paseo|plaza|carrer|rua|travessa|largo|praça|ulica|ul\.")
+_EU_LINKS = r"(?:(?:de|del|della|delle|di|da|do|dos|das|la|le|les|du|des|l'|d')\s*)*"
+_EU_NAME = r"[A-ZÀ-Þ][\w'-]*(?:\s+[A-ZÀ-Þ][\w'-]*){0,3}"
+_EU_COMPOUND = (r"straße|strasse|str\.|weg|gasse|platz|allee|damm|ufer|gracht|straat|laan|"
+                r"plein|kade|singel|vej|gade|gatan|gata|vägen|veien|katu|tie")
+_EU_ADDRESS = re.compile(
+    r"\b\d{1,4}(?:\s?(?:bis|ter|[a-z]))?,?\s+(?i:" + _EU_TYPES + r")\s+" + _EU_LINKS + _EU_NAME +
+    r"|\b(?i:" + _EU_TYPES + r")\s+" + _EU_LINKS + _EU_NAME + r",?\s+(?:n\.?\s*)?\d{1,4}[a-z]?\b"
+    r"|\b[A-ZÀ-Þ][\w'-]*(?:" + _EU_COMPOUND + r")\s+\d{1,4}[a-z]?\b"
+    r"|\b(?:[A-ZÀ-Þ][\w'-]*\s+){1,3}(?:Straße|Strasse|Weg|Gasse|Platz|Allee)\s+\d{1,4}[a-z]?\b")
+
+
+def address_spans(text: str) -> list[tuple[int, int]]:
+  """``(start, end)`` of street addresses: English-language ones tagged by usaddress's CRF,
+  continental European ones by pattern (see above). Only text with a digit is looked at: an
+  address without a house number or PO box identifies no one."""
+  if not any(c.isdigit() for c in text):
+    return []
+  spans = _english_address_spans(text)
+  spans += [m.span() for m in _EU_ADDRESS.finditer(text)]
+  return _merge(spans)
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+  out: list[list[int]] = []
+  for start, end in sorted(spans):
+    if out and start <= out[-1][1]:
+      out[-1][1] = max(out[-1][1], end)
+    else:
+      out.append([start, end])
+  return [(a, b) for a, b in out]
+
+
+def _replace(text: str, spans, placeholder: str) -> str:
+  for start, end in reversed(spans):
+    text = text[:start] + placeholder + text[end:]
+  return text
+
+
+def scrub_caption(text: str, phone_regions=PHONE_REGIONS) -> tuple[str, dict[str, int]]:
   """Replaces personal data with typed placeholders; returns the text and counts by type
   (``url_with_user``, ``email``, ``card_number``, ``id_number``, ``phone``, ``address``)."""
   counts: dict[str, int] = {}
@@ -163,6 +268,10 @@ def scrub_caption(text: str) -> tuple[str, dict[str, int]]:
   text = sub(_EMAIL, "[EMAIL]", "email", text)
   text = sub(_CARD, _card, "card_number", text)
   text = sub(_SSN, "[ID_NUMBER]", "id_number", text)
-  text = sub(_PHONE, _phone, "phone", text)
-  text = sub(_ADDRESS, "[ADDRESS]", "address", text)
+  for kind, placeholder, find in (("phone", "[PHONE]", lambda t: phone_spans(t, phone_regions)),
+                                  ("address", "[ADDRESS]", address_spans)):
+    spans = find(text)
+    if spans:
+      counts[kind] = counts.get(kind, 0) + len(spans)
+      text = _replace(text, spans, placeholder)
   return text, counts
