@@ -123,6 +123,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.faults.bad_records = "skip"  # unreadable data record: skip (count, use the next one) | stop
   c.faults.verify_checkpoints = True  # hash checkpoint files; verify before restoring
   c.faults.inject_nan_steps = ()  # fault injection (tests): steps whose loss becomes NaN
+  c.faults.inject_preemption_steps = ()  # fault injection (tests): act as if SIGTERM came
 
   c.estimate = ml_collections.ConfigDict()  # launch.py --mode estimate (cost before a run)
   c.estimate.chip = "h100"  # h100 | h200 | a100 | tpu-v4 | tpu-v5e | tpu-v5p | tpu-v6e

@@ -50,7 +50,8 @@ class PreemptionWatcher:
   process stop at the same step, so all save the same checkpoint.
   """
 
-  def __init__(self):
+  def __init__(self, inject_steps: tuple[int, ...] = ()):
+    self._inject = frozenset(inject_steps)  # fault injection (tests): preempted at these steps
     self._flag = threading.Event()
     self.signal_name = ""
     self._multi = jax.process_count() > 1
@@ -66,6 +67,9 @@ class PreemptionWatcher:
     self._flag.set()
 
   def should_stop(self, step: int) -> bool:
+    if step in self._inject:
+      self.signal_name = "injected preemption"
+      return True
     if self._multi:
       from jax.experimental import multihost_utils
       if multihost_utils.reached_preemption_sync_point(step):

@@ -261,6 +261,7 @@ class FaultSpec:
   bad_records: str
   verify_checkpoints: bool
   inject_nan_steps: tuple[int, ...]
+  inject_preemption_steps: tuple[int, ...] = ()
 
   @classmethod
   def from_config(cls, f, ck: FieldChecker) -> "FaultSpec":
@@ -270,7 +271,8 @@ class FaultSpec:
     ck.require(f.loss_spike_factor == 0 or f.loss_spike_factor > 1, "faults.loss_spike_factor",
                f"must be 0 (off) or > 1, got {f.loss_spike_factor}")
     return cls(f.nonfinite, f.max_consecutive_skips, float(f.loss_spike_factor), f.bad_records,
-               bool(f.verify_checkpoints), tuple(int(s) for s in f.inject_nan_steps))
+               bool(f.verify_checkpoints), tuple(int(s) for s in f.inject_nan_steps),
+               tuple(int(s) for s in f.get("inject_preemption_steps", ())))
 
 
 @dataclasses.dataclass(frozen=True)

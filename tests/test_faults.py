@@ -53,6 +53,29 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, reference,
   assert losses(tmp_path / "run") == losses(reference_dir) and len(losses(reference_dir)) == 24
 
 
+def _rows(workdir):
+  """metrics.jsonl without its timing fields (a relaunch's rows win)."""
+  timing = ("steps_per_sec", "images_per_sec")
+  return {m["step"]: {k: v for k, v in m.items() if k not in timing}
+          for m in read_metrics(workdir)}
+
+
+def test_logs_after_preemptions_equal_an_uninterrupted_runs(tmp_path):
+  """Logging every 5 steps, preempted right after a log step (5), one step after it (6), and
+  right before one (14): the resumed runs log the same rows and values as an uninterrupted
+  run, the steps summed before each preemption included."""
+  args = lambda w, *extra: SCENARIO.base_args(w, steps=20, every=10, extra=[
+      "--config.logging.log_every=5", *extra])
+  launch(*args(tmp_path / "whole"))
+  cut = tmp_path / "cut"
+  exits = [launch(*args(cut, "--config.faults.inject_preemption_steps=(5,6,14)"), check=False)
+           for _ in range(4)]
+  assert [e.returncode for e in exits] == [fi.EXIT_PREEMPTED] * 3 + [0], exits[-1].stderr
+  assert "injected preemption received: saved the checkpoint of step 14" in exits[2].stderr
+  whole = _rows(tmp_path / "whole")
+  assert sorted(whole) == [5, 10, 15, 20] and _rows(cut) == whole
+
+
 def test_sigkill_in_the_middle_of_a_save(tmp_path, reference):
   result = SCENARIO.sigkill_mid_save(tmp_path / "run", nth_save=3)
   assert result["killed_during_save"]

@@ -84,6 +84,30 @@ def test_bad_configs_fail_before_compute_with_the_field_named(tmp_path, override
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--config", "configs/nope.py"],
+     "error: --config: [Errno 2] No such file or directory: 'configs/nope.py'"),
+    ([*TINY, "--config.data.batch_size=abc"], "error: --config.data.batch_size=abc: not a value "
+     "of that field's type (invalid literal for int() with base 10: 'abc')"),
+    ([*TINY, "runs/x"], "error: bad command line: unexpected argument(s) ['runs/x']; every "
+     "option is a --flag"),
+])
+def test_command_line_mistakes_are_one_line_errors(tmp_path, args, message):
+  result = launch(*args, "--workdir", tmp_path / "run", check=False, timeout=120)
+  assert result.returncode == 2 and result.stderr.strip() == message
+
+
+def test_a_mesh_the_cpu_split_cannot_cover_says_why(tmp_path):
+  """A batch of 13 splits over one CPU device whatever the cores; asking for two says why."""
+  env = subprocess_env(XLA_FLAGS="")
+  result = launch(*TINY, "--workdir", tmp_path / "run", "--config.data.batch_size=13",
+                  "--config.mesh.data=2", env=env, check=False, timeout=120)
+  assert result.returncode == 2
+  assert "covers 2 devices, but 1 are present" in result.stderr
+  assert "runs 1 XLA device(s): launch.py gives each core a device only up to the largest " \
+         "divisor of data.batch_size (13)" in result.stderr
+
+
 def test_workdir_of_another_experiment_is_refused(tmp_path):
   w = tmp_path / "run"
   w.mkdir()
@@ -114,6 +138,7 @@ def test_sweep_dry_run_and_run(tmp_path):
   dry = launch("--config", cfg, "--workdir", tmp_path / "sw", "--sweep", "--dry_run")
   lines = [l for l in dry.stdout.splitlines() if "launch.py" in l]
   assert len(lines) == 2 and "--config.train.seed=1" in lines[0]
+  assert str(tmp_path / "sw") not in lines[0].split()  # no stray copy of the workdir value
   assert f"--workdir={tmp_path / 'sw' / 'seed_a'}" in lines[0] and "seed=2" in lines[1]
   assert not (tmp_path / "sw").exists()
   launch("--config", cfg, "--workdir", tmp_path / "sw", "--sweep", timeout=600)

@@ -158,7 +158,7 @@ def train(config, workdir: str) -> dict:
   step = int(jax.device_get(state.step))
   progress = Progress(step, total, spec.data.batch_size, enabled=is_main)
   sample_rng = jax.random.PRNGKey(spec.train.seed + 1)
-  watcher = PreemptionWatcher()
+  watcher = PreemptionWatcher(spec.faults.inject_preemption_steps)
   last = {}
 
   try:

@@ -1,0 +1,85 @@
+"""diffjax.load: a trained run from Python (the README's example runs here as written), equal
+to what the jobs restore and sample."""
+
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffjax
+from diffjax import diffusion, images
+from diffjax.jobs.common import checkpointer, experiment_spec, state_setup
+from launch_util import ROOT, launch
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """The default config's tiny variant trained for a few steps through launch.py."""
+  w = tmp_path_factory.mktemp("api") / "runs" / "default"
+  launch("--config", "configs/default.py:tiny", "--workdir", w, f"--config.train.num_steps={STEPS}",
+         "--config.sample.at_end=False")
+  return w
+
+
+def test_the_readme_example_runs_as_written(run, monkeypatch, capsys):
+  readme = (ROOT / "README.md").read_text()
+  block = re.search(r"<!-- python-example[^>]*-->\s*```python\n(.*?)```", readme, re.S).group(1)
+  monkeypatch.chdir(run.parents[1])  # where "runs/default" is
+  exec(compile(block.replace("\n  ", "\n").strip(), "README.md", "exec"), {})
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0] == "(20, 8, 8, 1) uint8"
+  assert printed[1] == f"{STEPS} (4, 8, 8, 1)"
+
+
+def test_load_restores_the_ema_and_samples_like_the_sampler_api(run):
+  model = diffjax.load(run)
+  assert model.step == STEPS and model.method.name == "diffusion"
+  # The EMA parameters, equal to the full checkpoint's, and nothing of the optimiser.
+  spec = experiment_spec(model.config)
+  setup = state_setup(spec, model.mesh)
+  ckpt = checkpointer(spec, run)
+  state, _, _ = ckpt.restore_latest(setup.abstract)
+  ckpt.close()
+  assert set(model.params) == {"denoiser"}
+  for a, b in zip(jax.tree.leaves(model.params["denoiser"]),
+                  jax.tree.leaves(state.nets["denoiser"].ema_params)):
+    np.testing.assert_array_equal(a, b)
+  # sample() == the diffusion API on model.denoiser() with the same key (first chunk: key 0).
+  labels = np.array([0, 1, 2, 7, 7, 9], np.int32)
+  x = model.sample(labels=labels, sampler="ddim", num_steps=8, guidance=1.0, seed=3)
+  assert x.shape == (6, 8, 8, 1) and x.dtype == np.uint8 and x.std() > 0
+  ref = diffusion.sample(model.denoiser(), model.schedule, (6, 8, 8, 1),
+                         jax.random.fold_in(jax.random.PRNGKey(3), 0), sampler="ddim",
+                         num_steps=8, cond=jnp.asarray(labels))
+  ref = images.to_uint8(jnp.clip(ref, -1, 1))
+  assert np.abs(x.astype(int) - ref.astype(int)).max() <= 1  # sharded vs unsharded rounding
+  np.testing.assert_array_equal(model.sample(labels=labels, sampler="ddim", num_steps=8,
+                                             guidance=1.0, seed=3), x)
+  assert not np.array_equal(model.sample(labels=labels, sampler="ddim", num_steps=8,
+                                         guidance=1.0, seed=4), x)
+
+
+def test_load_errors_name_the_problem(run, tmp_path):
+  with pytest.raises(ValueError, match="holds no config.json"):
+    diffjax.load(tmp_path)
+  with pytest.raises(Exception, match=f"no checkpoint of step 3 in .*steps \\[{STEPS}\\]"):
+    diffjax.load(run, step=3)
+  model = diffjax.load(run)
+  with pytest.raises(ValueError, match="got 2 labels for n=3"):
+    model.sample(3, labels=[1, 2])
+  with pytest.raises(ValueError, match="sampler 'ddim' got unknown option"):
+    model.sample(2, sampler="ddim", s_churn=1.0)
+
+
+def test_model_evaluate_scores_the_checkpoint(run):
+  result = diffjax.load(run).evaluate(num_samples=64)
+  assert result["checkpoint_step"] == STEPS and result["num_samples"] == 64
+  assert result["feature_net"]["feature_net"] == "domain"
+  assert (pathlib.Path(run) / "eval" / "ref_domain_test.npz").exists()
+  m = result["metrics"]
+  assert m["fd"] > 0 and 0 <= m["class_accuracy"] <= 1
