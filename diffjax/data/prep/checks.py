@@ -140,31 +140,33 @@ def pixel_hash(image: np.ndarray) -> str:
   return h.hexdigest()
 
 
-def _dct_matrix(n: int) -> np.ndarray:
-  k = np.arange(n)[:, None]
-  m = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-  m[0] /= np.sqrt(2.0)
-  return m
+SIMILARITY_SIDE = 16  # thumbnail side of the near-duplicate feature (256 values)
 
 
-_DCT32 = _dct_matrix(32)
+def similarity_feature(image: np.ndarray) -> bytes:
+  """The near-duplicate feature: the luma resized (Lanczos, antialiased) to a 16x16 thumbnail,
+  mean removed, as 256 int8 values (bytes; the largest magnitude scaled to 127).
 
-
-def perceptual_hash(image: np.ndarray) -> int:
-  """64-bit DCT perceptual hash: luma resized to 32x32, the 8x8 lowest-frequency DCT
-  coefficients, one bit each for "above their median" (the DC term's bit compares the mean).
-
-  Robust to re-encoding, resizing, small brightness changes and mild blur; flipping or cropping
-  changes it.
+  The cosine of two features is the normalised cross-correlation of the thumbnails: invariant
+  to brightness and contrast, and to resizing and re-encoding because both images pass through
+  the same antialiased resampling to one fixed size. A 64-bit DCT hash of the median-thresholded
+  low frequencies loses this for small images: resizing 28 -> 25 pixels moves many of its
+  coefficients across the median (experiments/prep_planted/neardup_study.md measures both).
+  A blank image has no direction: its feature is all zeros and matches nothing.
   """
-  g = grey(image)
-  small = np.asarray(Image.fromarray(g).resize((32, 32), Image.Resampling.BOX), np.float64)
-  coeffs = (_DCT32 @ small @ _DCT32.T)[:8, :8].ravel()
-  bits = coeffs > np.median(coeffs[1:])
-  return int(np.packbits(bits).view(">u8")[0])
+  g = Image.fromarray(grey(image))
+  small = np.asarray(g.resize((SIMILARITY_SIDE, SIMILARITY_SIDE), Image.Resampling.LANCZOS,
+                              reducing_gap=3.0), np.float32).ravel().copy()
+  small -= small.mean()
+  peak = float(np.abs(small).max())
+  if peak < 0.5:  # within half a grey level of flat everywhere
+    return bytes(SIMILARITY_SIDE * SIMILARITY_SIDE)
+  return np.round(small * (127.0 / peak)).astype(np.int8).tobytes()
 
 
-def hamming(a: int, b: int) -> int:
-  return int(a ^ b).bit_count()
-
-
+def similarity(a: bytes, b: bytes) -> float:
+  """Cosine of two `similarity_feature` values (0 when either is blank)."""
+  x = np.frombuffer(a, np.int8).astype(np.float32)
+  y = np.frombuffer(b, np.int8).astype(np.float32)
+  den = float(np.linalg.norm(x) * np.linalg.norm(y))
+  return float(x @ y) / den if den else 0.0

@@ -1,28 +1,42 @@
-"""De-duplication decisions: which member of each duplicate group is kept.
+"""De-duplication decisions: which images are near copies, and which copy is kept.
 
-Exact duplicates share a pixel hash (grouped by key). Near duplicates are pairs of perceptual
-hashes within a Hamming distance ``k``; all-pairs comparison is quadratic, so hashes are cut
-into ``k + 1`` bands: two hashes that differ in at most ``k`` bits agree exactly on at least one
-band (pigeonhole), so only hashes sharing a band value are compared. Pairs are joined into
-groups (union-find: chains A~B~C form one group) and one member per group is kept.
+Exact duplicates share a pixel hash (grouped by key). Near duplicates are pairs whose
+similarity features (`checks.similarity_feature`, 16x16 antialiased thumbnails) have a cosine
+of at least ``min_similarity``. Comparing all pairs is quadratic, so candidates come from
+locality-sensitive hashing: ``num_bands`` bands of ``band_bits`` random-hyperplane signs each
+(SimHash). Two features at angle ``theta`` agree on one hyperplane with probability
+``1 - theta / pi``, on a whole band with that to the ``band_bits``, and share at least one band
+with probability `candidate_recall`; only images that share a band value are compared, and
+every candidate pair is verified on the exact cosine. Each band value is its own group, so the
+work spreads over as many workers as there are band values.
 
-The keeper is the member of the highest-priority split (by default test before train, so a test
-image never leaks into training), then the smallest id, which makes the decision deterministic.
+The keeper rule is local, so no worker ever needs the whole pair graph: an image is dropped
+when it has a verified near copy that ranks before it (by split priority, test before train, so
+a test image never leaks into training; then by id, so the decision is deterministic). The
+first-ranked image of every group of copies is always kept. Unlike joining chains of pairs into
+one group (A~B, B~C, A and C apart), two images that are only linked through a third one that
+ranks after both are both kept.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, NamedTuple
+import functools
+import math
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from diffjax.data.prep.checks import hamming
+DEFAULT_MIN_SIMILARITY = 0.98
+NUM_BANDS = 12
+BAND_BITS = 16
+_PLANES_SEED = 32  # fixed: band keys must agree across workers and runs
+_BLOCK = 2048  # rows per block when verifying a large bucket (bounds memory)
 
 
 class HashKey(NamedTuple):
   id: str
   split: str
-  phash: int
+  feature: bytes
 
 
 def keeper_order(split_priority: tuple[str, ...]):
@@ -31,52 +45,56 @@ def keeper_order(split_priority: tuple[str, ...]):
   return lambda key: (rank.get(key.split, len(rank)), key.id)
 
 
-def bands(phash: int, num_bands: int) -> list[tuple[int, int]]:
-  """``(band index, band value)`` pairs covering the 64 bits in ``num_bands`` slices."""
-  edges = np.linspace(0, 64, num_bands + 1).astype(int)
-  return [(i, (phash >> int(lo)) & ((1 << int(hi - lo)) - 1))
-          for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
+@functools.lru_cache(maxsize=4)
+def _planes(count: int, dim: int) -> np.ndarray:
+  return np.random.default_rng(_PLANES_SEED).standard_normal((count, dim)).astype(np.float32)
 
 
-def close_pairs(keys: list[HashKey], max_distance: int) -> Iterator[tuple[HashKey, HashKey]]:
-  """Pairs (ordered by id) within ``max_distance`` bits among keys that share a band."""
+def band_keys(feature: bytes, num_bands: int, band_bits: int) -> list[tuple[int, int]]:
+  """``(band index, band value)`` of a feature; none for a blank feature (it matches
+  nothing)."""
+  x = np.frombuffer(feature, np.int8).astype(np.float32)
+  if not x.any():
+    return []
+  bits = (_planes(num_bands * band_bits, x.size) @ x) > 0
+  weights = 1 << np.arange(band_bits, dtype=np.int64)
+  values = bits.reshape(num_bands, band_bits).astype(np.int64) @ weights
+  return [(i, int(v)) for i, v in enumerate(values)]
+
+
+def candidate_recall(similarity: float, num_bands: int, band_bits: int) -> float:
+  """Probability that two features with this cosine share at least one band."""
+  agree = 1.0 - math.acos(max(-1.0, min(1.0, similarity))) / math.pi
+  return 1.0 - (1.0 - agree ** band_bits) ** num_bands
+
+
+def close_pairs(keys: list[HashKey], min_similarity: float
+                ) -> Iterator[tuple[HashKey, HashKey, float]]:
+  """``(a, b, cosine)`` for every pair of ``keys`` (one bucket) at or above
+  ``min_similarity``, ``a`` before ``b`` by id."""
   keys = sorted(set(keys))
   if len(keys) < 2:
     return
-  hashes = np.array([k.phash for k in keys], np.uint64)
-  for i in range(len(keys) - 1):
-    x = np.bitwise_xor(hashes[i + 1:], hashes[i])
-    dist = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
-    for j in np.nonzero(dist <= max_distance)[0]:
-      yield keys[i], keys[i + 1 + int(j)]
+  f = np.stack([np.frombuffer(k.feature, np.int8) for k in keys]).astype(np.float32)
+  f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-9)
+  for lo in range(0, len(keys) - 1, _BLOCK):
+    sims = f[lo:lo + _BLOCK] @ f.T
+    rows, cols = np.nonzero(sims >= min_similarity)
+    for i, j in zip(rows + lo, cols):
+      if j > i:
+        yield keys[i], keys[j], float(sims[i - lo, j])
 
 
-def groups(pairs: Iterable[tuple[HashKey, HashKey]]) -> list[list[HashKey]]:
-  """Connected components of the pair graph (union-find with path halving)."""
-  parent: dict[HashKey, HashKey] = {}
-
-  def find(x):
-    parent.setdefault(x, x)
-    while parent[x] != x:
-      parent[x] = parent[parent[x]]
-      x = parent[x]
-    return x
-
-  for a, b in pairs:
-    ra, rb = find(a), find(b)
-    if ra != rb:
-      parent[max(ra, rb)] = min(ra, rb)
-  out: dict[HashKey, list[HashKey]] = {}
-  for x in list(parent):
-    out.setdefault(find(x), []).append(x)
-  return list(out.values())
+def drop_candidate(pair: tuple[HashKey, HashKey, float], order):
+  """``(dropped id, (keeper's rank, detail))`` for one verified pair: the later-ranked image is
+  the one that may go. Combined per id with `min`, the highest-ranked copy names the keeper."""
+  a, b, sim = pair
+  keep, drop = (a, b) if order(a) <= order(b) else (b, a)
+  cross = " (cross-split)" if keep.split != drop.split else ""
+  return drop.id, (order(keep), f"of {keep.id}{cross}, similarity {sim:.3f}")
 
 
 def resolve(members: list, order) -> tuple[object, list]:
-  """(kept member, dropped members) of one duplicate group."""
+  """(kept member, dropped members) of one exact-duplicate group."""
   members = sorted(set(members), key=order)
   return members[0], members[1:]
-
-
-def distance(a: HashKey, b: HashKey) -> int:
-  return hamming(a.phash, b.phash)
