@@ -53,7 +53,13 @@ def get_prep_config() -> ml_collections.ConfigDict:
   c.dedup = ml_collections.ConfigDict()
   c.dedup.exact = True
   c.dedup.near = True
-  c.dedup.max_hamming = 4  # of 64 perceptual-hash bits
+  # Near copies: cosine of 16x16 antialiased thumbnails at or above this (calibrated in
+  # experiments/prep_planted/neardup_study.md). Candidates come from num_bands LSH bands of
+  # band_bits random-hyperplane bits; for N images use band_bits about log2(N) - 2 and enough
+  # bands that the manifest's candidate recall at the threshold is >= 0.99.
+  c.dedup.min_similarity = 0.985
+  c.dedup.num_bands = 12
+  c.dedup.band_bits = 16
   c.dedup.split_priority = "test,validation,val,train"  # which copy is kept
 
   c.privacy = ml_collections.ConfigDict()

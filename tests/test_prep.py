@@ -41,7 +41,6 @@ def planted_config(path, **overrides):
   c.validate.max_side = 4096
   c.filters.min_side = 24
   c.filters.min_sharpness = 10.0
-  c.dedup.max_hamming = 4
   c.privacy.face_model = str(FACE_MODEL)
   c.output.resolutions = "32,64"
   c.output.num_shards = 2
@@ -362,26 +361,39 @@ def test_caption_scrubbing_cases():
     assert privacy.scrub_caption(text) == (text, {})
 
 
-def test_perceptual_hash_and_bands():
+def test_similarity_feature_bands_and_keeper_rule():
   rng = np.random.default_rng(0)
   img = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
-  img = np.asarray(Image.fromarray(img).resize((32, 32)).resize((64, 64)))
+  img = np.asarray(Image.fromarray(img).resize((16, 16)).resize((64, 64)))
   brighter = np.clip(img.astype(int) + 6, 0, 255).astype(np.uint8)
   other = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
-  h, hb, ho = (checks.perceptual_hash(x) for x in (img, brighter, other))
-  assert checks.hamming(h, hb) <= 4 < checks.hamming(h, ho)
-  # Pigeonhole: any two hashes within k bits share one of k + 1 bands.
-  for _ in range(200):
-    a = int(rng.integers(0, 2**63))
-    flips = rng.choice(64, 4, replace=False)
-    b = a ^ sum(1 << int(f) for f in flips)
-    assert set(dedup.bands(a, 5)) & set(dedup.bands(b, 5))
-  # Union-find joins chains; the keeper is the highest-priority split, then the smallest id.
-  k = [dedup.HashKey(f"{s}/{i}", s, 0) for i, s in enumerate(["train", "train", "test"])]
-  groups = dedup.groups([(k[0], k[1]), (k[1], k[2])])
-  assert len(groups) == 1
-  kept, dropped = dedup.resolve(groups[0], dedup.keeper_order(("test", "train")))
-  assert kept == k[2] and set(dropped) == {k[0], k[1]}
+  f, fb, fo = (checks.similarity_feature(x) for x in (img, brighter, other))
+  assert checks.similarity(f, fb) > 0.99 > 0.5 > checks.similarity(f, fo)
+  assert checks.similarity_feature(np.full((20, 20, 1), 9, np.uint8)) == bytes(256)
+  assert dedup.band_keys(bytes(256), 4, 8) == []  # a blank image matches nothing
+  # Random-hyperplane bands: the share of near pairs that share a band follows the formula.
+  base = rng.standard_normal((400, 256))
+  noise = rng.standard_normal((400, 256))
+  hits, sims = 0, []
+  for x, e in zip(base, noise):
+    y = x + 0.17 * np.linalg.norm(x) / np.linalg.norm(e) * e  # cosine about 0.986
+    fx, fy = (np.round(v / np.abs(v).max() * 127).astype(np.int8).tobytes() for v in (x, y))
+    sims.append(checks.similarity(fx, fy))
+    hits += bool(set(dedup.band_keys(fx, 6, 16)) & set(dedup.band_keys(fy, 6, 16)))
+  expected = np.mean([dedup.candidate_recall(c, 6, 16) for c in sims])
+  assert abs(hits / 400 - expected) < 0.06, (hits / 400, expected)
+  # Local keeper rule: dropped when a verified copy ranks before it (test before train).
+  order = dedup.keeper_order(("test", "train"))
+  a, b, c = (dedup.HashKey(i, s, f) for i, s in (("train/a", "train"), ("train/b", "train"),
+                                                   ("test/c", "test")))
+  drops = {}
+  for pair in [(a, b, 0.99), (a, c, 0.99), (b, c, 0.99)]:
+    k, v = dedup.drop_candidate(pair, order)
+    drops[k] = min(drops.get(k, v), v)
+  assert set(drops) == {"train/a", "train/b"} and "test/c" in drops["train/a"][1]
+  assert "(cross-split)" in drops["train/b"][1]
+  kept, dropped = dedup.resolve([a, b, c], order)
+  assert kept == c and set(dropped) == {a, b}
 
 
 def test_laplacian_variance_closed_form():

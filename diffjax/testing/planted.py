@@ -109,7 +109,7 @@ def build_planted(root: str | os.PathLike, assets: str | os.PathLike, per_class:
   """Writes the planted folder under ``root``; returns what the pipeline must find.
 
   Meant for a config with ``filters.min_side`` 24, ``min_sharpness`` 60,
-  ``min_contrast`` 2, ``validate.max_side`` 4096, ``dedup.max_hamming`` 6.
+  ``min_contrast`` 2, ``validate.max_side`` 4096 (tests/test_prep.py: planted_config).
   """
   rng = np.random.default_rng(seed)
   root, assets = pathlib.Path(root), pathlib.Path(assets)

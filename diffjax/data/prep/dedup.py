@@ -26,7 +26,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-DEFAULT_MIN_SIMILARITY = 0.98
+DEFAULT_MIN_SIMILARITY = 0.985  # calibrated in experiments/prep_planted/neardup_study.md
 NUM_BANDS = 12
 BAND_BITS = 16
 _PLANES_SEED = 32  # fixed: band keys must agree across workers and runs

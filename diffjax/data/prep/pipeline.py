@@ -105,14 +105,14 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
              | "Exact" >> beam.ParDo(st.ExactGroups(pri)).with_outputs("drops", main="kept"))
     drops = [exact.drops]
     if spec.near_dedup:
-      num_bands = spec.max_hamming + 1
+      order = st.dedup.keeper_order(pri)
       near = (exact.kept
-              | "Bands" >> beam.FlatMap(lambda k: [(b, k) for b in st.dedup.bands(
-                  k.phash, num_bands)])
+              | "Bands" >> beam.FlatMap(st.band_items, spec.num_bands, spec.band_bits)
               | "ByBand" >> beam.GroupByKey()
-              | "Pairs" >> beam.FlatMap(st.near_pairs, spec.max_hamming)
-              | "AllPairs" >> beam.combiners.ToList()
-              | "Near" >> beam.FlatMap(st.near_drops, pri))
+              | "Pairs" >> beam.FlatMap(st.near_pairs, spec.min_similarity)
+              | "DropCandidates" >> beam.Map(st.dedup.drop_candidate, order)
+              | "Keeper" >> beam.CombinePerKey(st.keeper_of)
+              | "NearDrops" >> beam.Map(st.near_drop))
       drops.append(near)
     drop_map = drops | "Drops" >> beam.Flatten()
     out = kept | "Dedup" >> beam.ParDo(st.ApplyDrops(), beam.pvalue.AsDict(
@@ -159,11 +159,20 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
 
 
 def _metrics(result) -> dict[str, int]:
+  """Counters by name; distributions as ``<name>_count``, ``_sum`` and ``_max``."""
   from apache_beam.metrics.metric import MetricsFilter
   out = {}
-  for c in result.metrics().query(MetricsFilter().with_namespace("prep"))["counters"]:
+  query = result.metrics().query(MetricsFilter().with_namespace("prep"))
+  for c in query["counters"]:
     out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed or c.attempted
                                                                  or 0)
+  for d in query["distributions"]:
+    r = d.committed or d.attempted
+    if r is not None and r.count:
+      name = d.key.metric.name
+      out[f"{name}_count"] = out.get(f"{name}_count", 0) + int(r.count)
+      out[f"{name}_sum"] = out.get(f"{name}_sum", 0) + int(r.sum)
+      out[f"{name}_max"] = max(out.get(f"{name}_max", 0), int(r.max))
   return out
 
 

@@ -184,12 +184,31 @@ def assemble(spec, plan, out: pathlib.Path, work: pathlib.Path, metrics: dict, w
                  for s in shards],
       "layout": {f"{r}px": f"{r}px/<split>-NNNNN-of-{spec.num_shards:05d}.array_record"
                  for r in spec.resolutions},
+      "dedup": dedup_summary(spec, metrics),
       "grids": grids, "throughput": throughput(metrics, wall_s, num_inputs),
       "runner": {"name": spec.runner, "workers": spec.num_workers},
       "changes": _changes(previous, kept, status)}
   (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
   (out / "DATACARD.md").write_text(data_card(manifest))
   return manifest
+
+
+def dedup_summary(spec, metrics: dict) -> dict:
+  """How near duplicates were found: the rule, the LSH layout and what it cost."""
+  from diffjax.data.prep.dedup import candidate_recall
+  if not spec.near_dedup:
+    return {"exact": spec.exact_dedup, "near": None}
+  buckets = metrics.get("bucket_size_count", 0)
+  return {"exact": spec.exact_dedup, "near": {
+      "rule": "cosine of 16x16 antialiased luma thumbnails >= min_similarity; an image is "
+              "dropped when a verified copy ranks before it (split priority, then id)",
+      "min_similarity": spec.min_similarity, "num_bands": spec.num_bands,
+      "band_bits": spec.band_bits,
+      "candidate_recall_at_threshold": round(candidate_recall(
+          spec.min_similarity, spec.num_bands, spec.band_bits), 4),
+      "buckets": buckets, "largest_bucket": metrics.get("bucket_size_max", 0),
+      "mean_bucket": round(metrics.get("bucket_size_sum", 0) / max(buckets, 1), 2),
+      "pairs_compared": metrics.get("near_compared", 0)}}
 
 
 def _changes(previous: dict | None, kept: dict, status: Counter) -> dict:
@@ -218,6 +237,17 @@ def _table(rows, header) -> str:
   return "\n".join(lines)
 
 
+def _dedup_lines(d: dict) -> list[str]:
+  near = d.get("near")
+  if not near:
+    return []
+  return [f"Near duplicates: {near['rule']}; threshold {near['min_similarity']}, candidates "
+          f"from {near['num_bands']} LSH bands of {near['band_bits']} bits (a pair exactly at "
+          f"the threshold becomes a candidate with probability "
+          f"{near['candidate_recall_at_threshold']}); {near['buckets']} band buckets, largest "
+          f"{near['largest_bucket']}, {near['pairs_compared']} pairs compared.", ""]
+
+
 def data_card(m: dict) -> str:
   c, p, t = m["counts"], m["privacy"], m["throughput"]
   cfg = m["config"]
@@ -243,6 +273,7 @@ def data_card(m: dict) -> str:
                   ["reason", "count", "by split"]), "",
            f"Duplicates across splits removed (the copy in the higher-priority split "
            f"`{cfg['dedup']['split_priority']}` is kept): {c['cross_split_duplicates']}", "",
+           *_dedup_lines(m.get("dedup", {})),
            "## Class balance", ""]
   splits = list(m["class_balance"])
   classes = sorted({k for d in m["class_balance"].values() for k in d},

@@ -45,7 +45,9 @@ class PrepSpec:
   outlier_stats: tuple[str, ...]
   exact_dedup: bool
   near_dedup: bool
-  max_hamming: int
+  min_similarity: float
+  num_bands: int
+  band_bits: int
   split_priority: tuple[str, ...]
   faces: str
   face_model: str
@@ -116,10 +118,10 @@ def build_prep_spec(config) -> PrepSpec:
   _number(ck, f.outlier_z, "filters.outlier_z", 0.0)
   for stat in _csv(f.outlier_stats):
     ck.one_of(stat, OUTLIER_STATS, "filters.outlier_stats")
-  ck.positive_int(d.max_hamming, "dedup.max_hamming", minimum=0)
-  if isinstance(d.max_hamming, int):
-    ck.require(d.max_hamming <= 16, "dedup.max_hamming",
-               f"{d.max_hamming} of 64 bits would join unrelated images (use <= 16)")
+  _number(ck, d.min_similarity, "dedup.min_similarity", 0.5, 1.0)
+  ck.positive_int(d.num_bands, "dedup.num_bands")
+  if ck.positive_int(d.band_bits, "dedup.band_bits"):
+    ck.require(d.band_bits <= 62, "dedup.band_bits", f"{d.band_bits} > 62 bits per band")
   ck.one_of(p.faces, FACE_MODES, "privacy.faces")
   if p.faces != "none":
     ck.require(os.path.isfile(p.face_model), "privacy.face_model",
@@ -156,7 +158,8 @@ def build_prep_spec(config) -> PrepSpec:
       max_aspect=float(f.max_aspect), min_sharpness=float(f.min_sharpness),
       min_contrast=float(f.min_contrast), outlier_z=float(f.outlier_z),
       outlier_stats=_csv(f.outlier_stats), exact_dedup=bool(d.exact), near_dedup=bool(d.near),
-      max_hamming=d.max_hamming, split_priority=_csv(d.split_priority), faces=p.faces,
+      min_similarity=float(d.min_similarity), num_bands=d.num_bands, band_bits=d.band_bits,
+      split_priority=_csv(d.split_priority), faces=p.faces,
       face_model=p.face_model, face_score=float(p.face_score), face_min_side=p.face_min_side,
       face_margin=float(p.face_margin), scrub_captions=bool(p.scrub_captions),
       resolutions=resolutions, channels=o.channels, num_shards=o.num_shards,

@@ -161,7 +161,7 @@ class Measure(beam.DoFn):
         yield reject(ex, "filter", "blurry", f"sharpness {stats['sharpness']:.1f}", image)
         return
       yield {**ex, "stats": stats, "pixhash": checks.pixel_hash(image),
-             "phash": checks.perceptual_hash(image)}
+             "feature": checks.similarity_feature(image)}
 
 
 def stat_values(ex, names):
@@ -189,7 +189,7 @@ class DropOutliers(beam.DoFn):
 
 
 def hash_key(ex) -> dedup.HashKey:
-  return dedup.HashKey(ex["id"], ex["split"], ex["phash"])
+  return dedup.HashKey(ex["id"], ex["split"], ex["feature"])
 
 
 class ExactGroups(beam.DoFn):
@@ -211,17 +211,29 @@ def _dup_detail(dropped: dedup.HashKey, kept: dedup.HashKey) -> str:
   return f"of {kept.id}{cross}"
 
 
-def near_pairs(item, max_distance: int):
+def band_items(key: dedup.HashKey, num_bands: int, band_bits: int):
+  """``((band, value), key)`` for each LSH band of an image: one group per band value."""
+  for band in dedup.band_keys(key.feature, num_bands, band_bits):
+    yield band, key
+
+
+def near_pairs(item, min_similarity: float):
+  """Verified near-duplicate pairs of one band bucket (its size goes into the report)."""
   _, keys = item
-  yield from dedup.close_pairs(list(keys), max_distance)
+  keys = list(keys)
+  Metrics.distribution("prep", "bucket_size").update(len(keys))
+  Metrics.counter("prep", "near_compared").inc(len(keys) * (len(keys) - 1) // 2)
+  yield from dedup.close_pairs(keys, min_similarity)
 
 
-def near_drops(pairs, split_priority):
-  order = dedup.keeper_order(split_priority)
-  for group in dedup.groups(pairs):
-    kept, dropped = dedup.resolve(group, order)
-    for k in dropped:
-      yield k.id, ("near_duplicate", f"{_dup_detail(k, kept)}, {dedup.distance(k, kept)} bits")
+def keeper_of(candidates):
+  """The highest-ranked verified copy among one image's ``(rank, detail)`` candidates."""
+  return min(candidates)
+
+
+def near_drop(item):
+  dropped_id, (_, detail) = item
+  return dropped_id, ("near_duplicate", detail)
 
 
 class ApplyDrops(beam.DoFn):
