@@ -76,7 +76,14 @@ def test_load_errors_name_the_problem(run, tmp_path):
     model.sample(2, sampler="ddim", s_churn=1.0)
 
 
-def test_model_evaluate_scores_the_checkpoint(run):
+def test_the_readme_evaluation_commands_run_and_python_evaluates_alike(run):
+  """ref_stats then eval on the default config as the README gives them (its :tiny variant:
+  the run was trained with it), with no evaluation setting changed; then Model.evaluate."""
+  tiny = ["--config", "configs/default.py:tiny", "--workdir", run]
+  launch(*tiny, "--mode", "ref_stats")
+  out = launch(*tiny, "--mode", "eval").stdout
+  (written,) = (pathlib.Path(run) / "eval").glob("domain_*_n256_step10.json")
+  assert f"wrote {written}" in out
   result = diffjax.load(run).evaluate(num_samples=64)
   assert result["checkpoint_step"] == STEPS and result["num_samples"] == 64
   assert result["feature_net"]["feature_net"] == "domain"

@@ -47,3 +47,15 @@ def test_reference_train_eval_and_mismatch(tmp_path):
   assert other.returncode == 2, other.stderr
   assert "computed for different data" in other.stderr
   assert "split: reference has 'test', evaluation expects 'train'" in other.stderr
+
+
+def test_missing_inception_weights_are_one_clear_error(tmp_path):
+  """Before any data is read: the exact commands to obtain and convert the file, exit 2."""
+  result = launch("--config", "configs/cifar10_ddpm.py:tiny", "--workdir", tmp_path / "run",
+                  "--mode", "ref_stats", f"--config.eval.inception_cache={tmp_path / 'empty'}",
+                  check=False)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.startswith("error: eval.feature_net=inception: The FID Inception weights "
+                                  f"are not in {tmp_path / 'empty'}")
+  assert "python -m diffjax.evaluation.inception_weights --source" in result.stderr
+  assert "--config.eval.inception_source=<that file>" in result.stderr
