@@ -70,7 +70,15 @@ def get_prep_config() -> ml_collections.ConfigDict:
   c.privacy.face_score = 0.8
   c.privacy.face_min_side = 64  # smaller images are upscaled for detection
   c.privacy.face_margin = 0.2  # grow each face box by this fraction before anonymising
+  # A second pass at twice the scale (tiled) for images large enough to hold small faces; a box
+  # only it finds is kept when YuNet scores a crop around it >= face_verify_score
+  # (experiments/prep_planted/faces_clutter.md: recall on faces in clutter, animal false hits).
+  c.privacy.face_second_pass = True
+  c.privacy.face_verify_score = 0.85
   c.privacy.scrub_captions = True
+  # Regions whose national phone formats (no country code) are looked for in captions;
+  # numbers with a country code are found for every region.
+  c.privacy.phone_regions = "US,GB,DE,FR,ES,IT,NL,IN,JP,CN,BR,MX,AU,ZA,RU,KR,NG,TR,ID,PH"
 
   c.output = ml_collections.ConfigDict()
   c.output.resolutions = "32"  # comma list: centre-crop + resize to each, "<res>px/" folders

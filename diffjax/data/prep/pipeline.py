@@ -122,7 +122,7 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
 
   private = kept | "Privacy" >> beam.ParDo(st.Anonymise(
       spec.faces, spec.face_model, spec.face_score, spec.face_min_side, spec.face_margin,
-      spec.scrub_captions))
+      spec.scrub_captions, spec.face_second_pass, spec.face_verify_score, spec.phone_regions))
   encoded = private | "Encode" >> beam.ParDo(st.Encode(
       spec.resolutions, spec.channels, spec.num_shards)).with_outputs("kept", main="records")
   splits = list(plan.splits)

@@ -54,6 +54,9 @@ class PrepSpec:
   face_score: float
   face_min_side: int
   face_margin: float
+  face_second_pass: bool
+  face_verify_score: float
+  phone_regions: tuple[str, ...]
   scrub_captions: bool
   resolutions: tuple[int, ...]
   channels: int
@@ -130,6 +133,15 @@ def build_prep_spec(config) -> PrepSpec:
   _number(ck, p.face_score, "privacy.face_score", 0.0, 1.0)
   ck.positive_int(p.face_min_side, "privacy.face_min_side")
   _number(ck, p.face_margin, "privacy.face_margin", 0.0, 2.0)
+  _number(ck, p.face_verify_score, "privacy.face_verify_score", 0.0, 1.0)
+  regions = tuple(r.upper() for r in _csv(p.phone_regions))
+  try:
+    import phonenumbers
+    unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
+    ck.require(not unknown, "privacy.phone_regions",
+               f"unknown region codes {unknown} (ISO 3166 alpha-2, e.g. 'US,GB,DE')")
+  except ImportError:
+    pass  # reported with the other prep requirements when the job starts
   resolutions = ()
   try:
     resolutions = tuple(int(x) for x in _csv(o.resolutions))
@@ -161,7 +173,9 @@ def build_prep_spec(config) -> PrepSpec:
       min_similarity=float(d.min_similarity), num_bands=d.num_bands, band_bits=d.band_bits,
       split_priority=_csv(d.split_priority), faces=p.faces,
       face_model=p.face_model, face_score=float(p.face_score), face_min_side=p.face_min_side,
-      face_margin=float(p.face_margin), scrub_captions=bool(p.scrub_captions),
+      face_margin=float(p.face_margin), face_second_pass=bool(p.face_second_pass),
+      face_verify_score=float(p.face_verify_score), phone_regions=regions,
+      scrub_captions=bool(p.scrub_captions),
       resolutions=resolutions, channels=o.channels, num_shards=o.num_shards,
       grid_size=o.grid_size, runner=r.name, num_workers=r.num_workers, runner_mode=r.mode,
       runner_options=tuple(str(r.options).split()), fingerprint=fingerprint_of(content),

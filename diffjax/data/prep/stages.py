@@ -248,14 +248,18 @@ class ApplyDrops(beam.DoFn):
 class Anonymise(beam.DoFn):
   """Blurs or pixelates detected faces; scrubs personal data from captions."""
 
-  def __init__(self, faces, model, score, min_side, margin, scrub):
+  def __init__(self, faces, model, score, min_side, margin, scrub, second_pass=True,
+               verify_score=0.85, phone_regions=privacy.PHONE_REGIONS):
     self._faces, self._model, self._score = faces, model, score
     self._min_side, self._margin, self._scrub = min_side, margin, scrub
+    self._second_pass, self._verify_score = second_pass, verify_score
+    self._phone_regions = phone_regions
     self._detector = None
 
   def setup(self):
     if self._faces != "none":
-      self._detector = privacy.FaceDetector(self._model, self._score, self._min_side)
+      self._detector = privacy.FaceDetector(self._model, self._score, self._min_side,
+                                            self._second_pass, self._verify_score)
 
   def process(self, ex):
     with _Timed("privacy"):
@@ -263,7 +267,7 @@ class Anonymise(beam.DoFn):
       image = privacy.anonymise(ex["image"], boxes, self._faces, self._margin)
       caption, pii = ex["caption"], {}
       if self._scrub and caption:
-        caption, pii = privacy.scrub_caption(caption)
+        caption, pii = privacy.scrub_caption(caption, self._phone_regions)
       yield {**ex, "image": image, "caption": caption, "faces": len(boxes), "pii": pii}
 
 
