@@ -89,6 +89,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
   launch(*SCENARIO.base_args(w, steps=16))
   result = SCENARIO.damage_latest(w, "alter")
   assert result["warned"] and result["resumed_from"] == result["damaged_step"] - 4
+  assert result["warnings"] == 1  # printed once (it also went through `logging` before)
   assert fi.identical(fi.final_arrays(w), reference)
 
 

@@ -134,6 +134,7 @@ class Scenario:
       victim.write_bytes(raw[:mid] + bytes([raw[mid] ^ 0xFF]) + raw[mid + 1:])
     resume = launch(*self.base_args(workdir))
     return {"damaged_step": latest, "warned": "is damaged" in resume.stderr,
+            "warnings": resume.stderr.count("is damaged"),
             "resumed_from": resumed_from(resume.stdout)}
 
   def bad_records(self, root) -> dict:
