@@ -31,7 +31,13 @@ def get_prep_config() -> ml_collections.ConfigDict:
   # Split name -> sub-folder (folder/archive), idx file prefix (idx) or TFDS split:
   # "train,test" or "train=train,test=t10k"; "train=." for a folder without split folders.
   c.source.splits = "train"
-  c.source.captions = ""  # "" | "sidecar" (<image>.txt) | path to a CSV/JSONL manifest
+  # Captions and provenance: "" | "sidecar" (<image>.txt caption, <image>.json with caption,
+  # source_id, url, licence, attribution) | path to a CSV/JSONL manifest with a file column and
+  # any of those columns. Records keep source, source_id, licence and attribution.
+  c.source.captions = ""
+  # Opt-out list: one entry a line (id, file path, source_id, URL, or SHA-256 of the file bytes
+  # or decoded pixels); matching images are removed and counted in the report.
+  c.source.opt_out = ""
   c.source.labels = True  # class folders (folder/archive) or the label field become labels
   c.source.limit = 0  # at most this many inputs per split (0 = all), for smoke runs
   c.source.tfds_name = ""

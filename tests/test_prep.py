@@ -5,6 +5,7 @@ idempotent re-runs; bad input stopped before any work; shards read by the traini
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pathlib
@@ -613,3 +614,47 @@ def test_faces_on_textured_background_are_anonymised(tmp_path):
     anonymised += bool(np.abs(before - after).mean() > 4.0 and checks.laplacian_variance(
         after.astype(np.uint8)) < 0.5 * checks.laplacian_variance(before.astype(np.uint8)))
   assert anonymised / len(scenes) >= 0.95, anonymised
+
+
+def test_provenance_licences_and_opt_out(tmp_path):
+  """Provenance from JSON sidecars and a manifest reaches every record; the opt-out list
+  removes images named by id, URL or content hash; the card counts licences."""
+  folder = tmp_path / "images" / "train" / "cat"
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(folder / f"{i}.png")
+  (folder / "0.json").write_text(json.dumps({"caption": "a cat", "license": "CC-BY-4.0",
+                                             "author": "A. Person", "url": "https://e.org/0"}))
+  (folder / "1.json").write_text(json.dumps({"licence": "CC0-1.0", "source_id": "img-1"}))
+  (folder / "2.json").write_text(json.dumps({"url": "https://e.org/2"}))
+  content = hashlib.sha256((folder / "3.png").read_bytes()).hexdigest()
+  opt_out = tmp_path / "opt_out.txt"
+  opt_out.write_text(f"# takedown requests\nhttps://e.org/2\n{content.upper()}\ntrain/cat/4.png\n"
+                     "nothing/matches.png\n")
+  m = prepare(_small_config("folder", tmp_path / "images", "train", source__captions="sidecar",
+                            source__opt_out=str(opt_out)), str(tmp_path / "out"))
+  recs = read_shards(tmp_path / "out" / "32px")
+  assert set(recs) == {"train/cat/0.png", "train/cat/1.png", "train/cat/5.png"}
+  r0 = recs["train/cat/0.png"]
+  assert (r0["licence"], r0["attribution"], r0["source"], r0["caption"]) == (
+      "CC-BY-4.0", "A. Person", "https://e.org/0", "a cat")
+  assert recs["train/cat/1.png"]["source_id"] == "img-1"
+  assert recs["train/cat/5.png"]["source"].endswith("train/cat/5.png")
+  assert "licence" not in recs["train/cat/5.png"]
+  p = m["provenance"]
+  assert p["licences"] == {"CC-BY-4.0": 1, "CC0-1.0": 1, "unknown": 1}
+  assert p["opt_out"]["entries"] == 4 and p["opt_out"]["removed"] == 3
+  assert p["opt_out"]["removed_by"] == {"matched by url": 1, "matched by content hash": 1,
+                                        "matched by id": 1}
+  assert m["counts"]["dropped"] == {"opted_out": 3}
+  assert not (tmp_path / "out" / "quarantine").exists()  # no copy of an opted-out image
+  card = (tmp_path / "out" / "DATACARD.md").read_text()
+  assert "| CC-BY-4.0 | 1 |" in card and "3 images removed" in card
+  # No licence anywhere: the card says so.
+  m2 = prepare(_small_config("folder", tmp_path / "images", "train"), str(tmp_path / "out2"))
+  assert m2["provenance"]["licence_unknown"] == m2["counts"]["kept_total"]
+  assert "licences are **unknown**" in (tmp_path / "out2" / "DATACARD.md").read_text()
+  with pytest.raises(ConfigError, match="source.opt_out"):
+    prepare(_small_config("folder", tmp_path / "images", "train",
+                          source__opt_out=str(tmp_path / "none.txt")), str(tmp_path / "o3"))

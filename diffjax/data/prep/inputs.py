@@ -7,9 +7,16 @@ turn units into raw examples (`read_unit`): ``{"id", "split", "label", "caption"
 hold decoded images (idx, TFDS). Ids are ``<split>/<path inside the split>``, stable across runs,
 so every later decision (de-duplication keeper, shard) is deterministic.
 
-Captions come from a sidecar ``<image stem>.txt`` next to each image, or from a manifest (CSV
-with columns ``file,caption`` or JSON Lines with those keys; ``file`` is the path relative to
-``source.path``, e.g. ``train/cat/0001.jpg``).
+Captions and provenance come from sidecars next to each image (``<image stem>.txt``: the
+caption; ``<image stem>.json``: any of ``caption``, ``source_id``, ``url``, ``licence``
+(or ``license``), ``attribution`` (or ``author``/``creator``)) or from a manifest: CSV with a
+header or JSON Lines, a ``file`` column (the path relative to ``source.path``, e.g.
+``train/cat/0001.jpg``) and any of those columns. Examples carry them as ``caption`` and
+``provenance`` (a dict of the fields the input gave).
+
+An opt-out list (`read_opt_out`) names images that must not be used, one per line: an id
+(``train/cat/0001.jpg``), a file path relative to the source, a ``source_id``, a URL, or the
+SHA-256 (hex) of the file's bytes or of its decoded pixels (`checks.pixel_hash`).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ class InputError(ValueError):
 class InputPlan:
   units: list[tuple]  # what read_unit takes
   class_names: list[str]
-  captions: dict[str, str]
+  captions: dict[str, dict]  # relative file path -> {"caption", "provenance"}
   splits: dict[str, str]  # split name -> sub-folder / file prefix / TFDS split
   num_files: int  # files listed (folder sources); 0 when unknown before reading
 
@@ -51,8 +58,27 @@ def parse_splits(text: str) -> dict[str, str]:
   return out
 
 
-def read_captions_manifest(path: str) -> dict[str, str]:
-  """{relative file path: caption} from a CSV or JSON Lines manifest."""
+PROVENANCE_FIELDS = ("source_id", "url", "licence", "attribution")
+_ALIASES = {"license": "licence", "author": "attribution", "creator": "attribution",
+            "id": "source_id", "source": "url"}
+
+
+def file_meta(row: dict) -> dict:
+  """``{"caption": str, "provenance": {field: str}}`` from a manifest row or sidecar object
+  (empty values dropped; ``license``/``author``/``creator`` read as their canonical names)."""
+  caption, prov = "", {}
+  for key, value in row.items():
+    key = _ALIASES.get(str(key).strip().lower(), str(key).strip().lower())
+    value = "" if value is None else str(value).strip()
+    if key == "caption":
+      caption = value
+    elif key in PROVENANCE_FIELDS and value:
+      prov[key] = value
+  return {"caption": caption, "provenance": prov}
+
+
+def read_captions_manifest(path: str) -> dict[str, dict]:
+  """{relative file path: `file_meta`} from a CSV or JSON Lines manifest."""
   if not os.path.isfile(path):
     raise InputError(f"captions manifest {path!r} does not exist")
   rows = []
@@ -69,20 +95,54 @@ def read_captions_manifest(path: str) -> dict[str, str]:
         rows = list(csv.DictReader(f))
   except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, ValueError) as e:
     raise InputError(f"captions manifest {path!r} is unreadable: {e}") from e
-  if not rows or any("file" not in r or "caption" not in r for r in rows):
-    raise InputError(f"captions manifest {path!r} must have a 'file' and a 'caption' entry "
-                     f"in every row (CSV header file,caption or JSON Lines objects)")
-  return {str(r["file"]).lstrip("./"): str(r["caption"]) for r in rows}
+  known = {"caption", *PROVENANCE_FIELDS, *_ALIASES}
+  if not rows or any("file" not in r or not known & {str(k).lower() for k in r} for r in rows):
+    raise InputError(f"captions manifest {path!r} must have a 'file' entry and at least one of "
+                     f"caption, {', '.join(PROVENANCE_FIELDS)} in every row (CSV header such as "
+                     f"file,caption,licence or JSON Lines objects)")
+  return {str(r["file"]).lstrip("./"): file_meta(r) for r in rows}
 
 
-def _sidecar_captions(root: pathlib.Path) -> dict[str, str]:
-  out = {}
-  for txt in root.rglob("*.txt"):
+def read_opt_out(path: str) -> frozenset[str]:
+  """The entries of an opt-out list (one per line; blank lines and ``#`` comments skipped)."""
+  if not os.path.isfile(path):
+    raise InputError(f"opt-out list {path!r} does not exist")
+  try:
+    with open(path, encoding="utf-8") as f:
+      entries = [line.strip() for line in f]
+  except (OSError, UnicodeDecodeError) as e:
+    raise InputError(f"opt-out list {path!r} is unreadable: {e}") from e
+  return frozenset(e.lower() if _is_hex_digest(e) else e
+                   for e in entries if e and not e.startswith("#"))
+
+
+def _is_hex_digest(text: str) -> bool:
+  return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _sidecar_meta(root: pathlib.Path) -> dict[str, dict]:
+  out: dict[str, dict] = {}
+  for side in [*root.rglob("*.txt"), *root.rglob("*.json")]:
     for suffix in IMAGE_SUFFIXES:
-      image = txt.with_suffix(suffix)
-      if image.exists():
-        out[str(image.relative_to(root))] = txt.read_text(encoding="utf-8",
-                                                          errors="replace").strip()
+      image = side.with_suffix(suffix)
+      if not image.exists():
+        continue
+      rel = str(image.relative_to(root))
+      meta = out.setdefault(rel, {"caption": "", "provenance": {}})
+      text = side.read_text(encoding="utf-8", errors="replace").strip()
+      if side.suffix == ".txt":
+        meta["caption"] = text
+      else:
+        try:
+          obj = json.loads(text)
+        except ValueError as e:
+          raise InputError(f"sidecar {side} is not valid JSON: {e}") from e
+        if not isinstance(obj, dict):
+          raise InputError(f"sidecar {side} must hold a JSON object with caption/"
+                           f"{'/'.join(PROVENANCE_FIELDS)} keys")
+        got = file_meta(obj)
+        meta["caption"] = got["caption"] or meta["caption"]
+        meta["provenance"].update(got["provenance"])
   return out
 
 
@@ -95,7 +155,7 @@ def _plan_folder(path: str, splits: dict[str, str], captions: str, limit: int) -
   root = pathlib.Path(path)
   if not root.is_dir():
     raise InputError(f"source.path {path!r} is not a folder")
-  caption_map = _sidecar_captions(root) if captions == "sidecar" else (
+  caption_map = _sidecar_meta(root) if captions == "sidecar" else (
       read_captions_manifest(captions) if captions else {})
   units, classes = [], set()
   for split, where in splits.items():
@@ -104,14 +164,14 @@ def _plan_folder(path: str, splits: dict[str, str], captions: str, limit: int) -
       raise InputError(f"split {split!r}: folder {str(split_root)!r} does not exist (set "
                        f"source.splits, e.g. 'train=.' for a folder without split folders)")
     files = [f for f in sorted(split_root.rglob("*"))
-             if f.is_file() and f.suffix.lower() != ".txt"]
+             if f.is_file() and f.suffix.lower() not in (".txt", ".json")]
     for file in files[:limit or None]:
       rel = file.relative_to(split_root)
       cls = _class_of(rel.parts)
       if cls is not None:
         classes.add(cls)
       units.append(("file", split, str(file), str(rel), cls,
-                    caption_map.get(str(file.relative_to(root)), "")))
+                    caption_map.get(str(file.relative_to(root)), _NO_META)))
   if not units:
     raise InputError(f"no files under {path!r} for splits {sorted(splits)}")
   return InputPlan(units, sorted(classes), caption_map, splits, len(units))
@@ -220,9 +280,13 @@ def plan_inputs(kind: str, path: str, splits: str, captions: str = "", tfds_name
   raise InputError(f"unknown source kind {kind!r}")
 
 
-def _example(split, rel, cls, caption, source, **payload) -> dict[str, Any]:
-  return {"id": f"{split}/{rel}", "split": split, "class_name": cls, "caption": caption,
-          "source": source, **payload}
+_NO_META = {"caption": "", "provenance": {}}
+
+
+def _example(split, rel, cls, meta, source, **payload) -> dict[str, Any]:
+  return {"id": f"{split}/{rel}", "split": split, "class_name": cls,
+          "caption": meta["caption"], "provenance": dict(meta["provenance"]),
+          "source": source, "file": rel, **payload}
 
 
 def _read_idx(path: str) -> np.ndarray:
@@ -230,17 +294,17 @@ def _read_idx(path: str) -> np.ndarray:
   return read_idx(path)
 
 
-def read_unit(unit: tuple, captions: dict[str, str]) -> Iterator[dict[str, Any]]:
+def read_unit(unit: tuple, captions: dict[str, dict]) -> Iterator[dict[str, Any]]:
   """The raw examples of one planned unit (bytes are not decoded here)."""
   kind, split = unit[0], unit[1]
   if kind == "file":
-    _, _, file, rel, cls, caption = unit
+    _, _, file, rel, cls, meta = unit
     try:
       data = pathlib.Path(file).read_bytes()
     except OSError as e:
-      yield _example(split, rel, cls, caption, file, data=b"", read_error=str(e))
+      yield _example(split, rel, cls, meta, file, data=b"", read_error=str(e))
       return
-    yield _example(split, rel, cls, caption, file, data=data)
+    yield _example(split, rel, cls, meta, file, data=data)
   elif kind == "archive":
     _, _, archive, where, limit = unit
     count = 0
@@ -254,13 +318,13 @@ def read_unit(unit: tuple, captions: dict[str, str]) -> Iterator[dict[str, Any]]
           break
         cls = _class_of(tuple(rel.split("/")))
         full = m.name.lstrip("./")
-        yield _example(split, rel, cls, captions.get(full, ""), f"{archive}:{full}",
+        yield _example(split, rel, cls, captions.get(full, _NO_META), f"{archive}:{full}",
                        data=tar.extractfile(m).read())
   elif kind == "idx":
     _, _, images, labels, limit = unit
     x, y = _read_idx(images), _read_idx(labels)
     for i, (img, lbl) in enumerate(zip(x[:limit or None], y[:limit or None])):
-      yield _example(split, f"{i:06d}", str(int(lbl)), "", f"{images}[{i}]", pixels=img)
+      yield _example(split, f"{i:06d}", str(int(lbl)), _NO_META, f"{images}[{i}]", pixels=img)
   elif kind == "tfds":
     import tensorflow_datasets as tfds
     _, _, name, where, data_dir, start, stop = unit
@@ -270,7 +334,8 @@ def read_unit(unit: tuple, captions: dict[str, str]) -> Iterator[dict[str, Any]]
       ex = source[i]
       label = ex.get("label")
       cls = None if label is None else (names[int(label)] if names else str(int(label)))
-      yield _example(split, f"{i:08d}", cls, str(ex.get("caption", "")), f"tfds:{name}/{where}",
+      meta = {"caption": str(ex.get("caption", "")), "provenance": {}}
+      yield _example(split, f"{i:08d}", cls, meta, f"tfds:{name}/{where}",
                      pixels=np.asarray(ex["image"]))
   else:
     raise ValueError(f"unknown input unit {kind!r}")

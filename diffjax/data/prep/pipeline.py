@@ -73,15 +73,17 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
   """Adds the preparation graph to pipeline ``p``."""
   import apache_beam as beam
 
+  from diffjax.data.prep import inputs
   from diffjax.data.prep import stages as st
 
   pri = spec.split_priority
   raw = (p | "Units" >> beam.Create(plan.units)
          | "Read" >> beam.ParDo(st.ReadUnits(plan.captions))
          | "Spread" >> beam.Reshuffle())
+  opt_out = inputs.read_opt_out(spec.opt_out) if spec.opt_out else frozenset()
   valid = raw | "Validate" >> beam.ParDo(st.Validate(
       spec.max_side, spec.max_pixels, plan.class_names, spec.labels, plan.num_files,
-      spec.num_workers)).with_outputs(
+      spec.num_workers, opt_out)).with_outputs(
           st.REJECTED, main="ok")
   measured = valid.ok | "Measure" >> beam.ParDo(st.Measure(
       spec.min_side, spec.min_aspect, spec.max_aspect, spec.min_sharpness,
@@ -149,7 +151,8 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
        "faces.pkl", st.write_pickle)
   all_rejected = (rejected | "AllRejected" >> beam.Flatten()
                   | "Quarantine" >> beam.ParDo(st.Quarantine(out_dir)))
-  save(all_rejected | "RejectPick" >> beam.Map(lambda r: (r["reason"], r))
+  save(all_rejected | "NoOptedOut" >> beam.Filter(lambda r: r["reason"] != "opted_out")
+       | "RejectPick" >> beam.Map(lambda r: (r["reason"], r))
        | "PerReason" >> beam.combiners.Top.PerKey(8, key=lambda r: -st.grid_key(r["id"]))
        | "RejectGrid" >> beam.combiners.ToList(), "rejected_grid.pkl", st.write_pickle)
   _ = (all_rejected | "RejectJson" >> beam.Map(

@@ -184,6 +184,7 @@ def assemble(spec, plan, out: pathlib.Path, work: pathlib.Path, metrics: dict, w
                  for s in shards],
       "layout": {f"{r}px": f"{r}px/<split>-NNNNN-of-{spec.num_shards:05d}.array_record"
                  for r in spec.resolutions},
+      "provenance": provenance_summary(spec, summary, rejected),
       "dedup": dedup_summary(spec, metrics),
       "grids": grids, "throughput": throughput(metrics, wall_s, num_inputs),
       "runner": {"name": spec.runner, "workers": spec.num_workers},
@@ -191,6 +192,23 @@ def assemble(spec, plan, out: pathlib.Path, work: pathlib.Path, metrics: dict, w
   (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
   (out / "DATACARD.md").write_text(data_card(manifest))
   return manifest
+
+
+def provenance_summary(spec, summary: dict, rejected: list[dict]) -> dict:
+  """Per-image licences of the kept images by count, how many carry attribution and a source
+  URL, and what the opt-out list removed."""
+  from diffjax.data.prep.inputs import read_opt_out
+  licences = dict(sorted(summary.get("licences", {}).items(), key=lambda kv: -kv[1]))
+  meta = summary.get("meta", {})
+  out = {"licences": licences, "licence_unknown": licences.get("unknown", 0),
+         "with_attribution": meta.get("with_attribution", 0),
+         "with_source_url": meta.get("with_url", 0), "opt_out": None}
+  if spec.opt_out:
+    removed = [r for r in rejected if r["reason"] == "opted_out"]
+    out["opt_out"] = {"list": spec.opt_out, "entries": len(read_opt_out(spec.opt_out)),
+                      "removed": len(removed),
+                      "removed_by": dict(Counter(r["detail"] for r in removed))}
+  return out
 
 
 def dedup_summary(spec, metrics: dict) -> dict:
@@ -237,6 +255,30 @@ def _table(rows, header) -> str:
   return "\n".join(lines)
 
 
+def _provenance_lines(m: dict) -> list[str]:
+  p = m.get("provenance")
+  if not p:
+    return []
+  total = sum(p["licences"].values())
+  lines = ["## Licences and provenance", ""]
+  if total and p["licence_unknown"] == total:
+    lines += [f"Per-image licences are **unknown** for all {total} kept images: the input gave "
+              f"none (no licence column or sidecar field). The dataset-level statement above is "
+              f"all that is known.", ""]
+  else:
+    lines += [_table(list(p["licences"].items()), ["licence", "kept images"]), "",
+              f"Unknown licence: {p['licence_unknown']} of {total}.", ""]
+  lines += [f"With attribution: {p['with_attribution']}; with a source URL: "
+            f"{p['with_source_url']}. Every record keeps `source` (its URL, else the file it was "
+            f"read from) and, when given, `source_id`, `licence` and `attribution`.", ""]
+  o = p.get("opt_out")
+  lines += ([f"Opt-out list `{o['list']}` ({o['entries']} entries): {o['removed']} images "
+             f"removed ({o['removed_by'] or 'none matched'}); they are listed by id in "
+             f"`rejected.jsonl` and no copy or thumbnail of them is kept.", ""] if o else
+            ["No opt-out list was given (`source.opt_out`).", ""])
+  return lines
+
+
 def _dedup_lines(d: dict) -> list[str]:
   near = d.get("near")
   if not near:
@@ -274,7 +316,7 @@ def data_card(m: dict) -> str:
            f"Duplicates across splits removed (the copy in the higher-priority split "
            f"`{cfg['dedup']['split_priority']}` is kept): {c['cross_split_duplicates']}", "",
            *_dedup_lines(m.get("dedup", {})),
-           "## Class balance", ""]
+           *_provenance_lines(m), "## Class balance", ""]
   splits = list(m["class_balance"])
   classes = sorted({k for d in m["class_balance"].values() for k in d},
                    key=lambda k: (m["classes"].index(k) if k in m["classes"] else 1 << 30, k))

@@ -30,6 +30,7 @@ class PrepSpec:
   path: str
   splits: str
   captions: str
+  opt_out: str
   labels: bool
   limit: int
   tfds_name: str
@@ -108,6 +109,12 @@ def build_prep_spec(config) -> PrepSpec:
   if s.captions and s.captions != "sidecar":
     ck.require(os.path.isfile(s.captions), "source.captions",
                f"manifest {s.captions!r} does not exist (or use '' / 'sidecar')")
+  if s.opt_out:
+    from diffjax.data.prep.inputs import InputError, read_opt_out
+    try:
+      read_opt_out(s.opt_out)
+    except InputError as e:
+      ck.require(False, "source.opt_out", str(e))
   ck.positive_int(s.limit, "source.limit", minimum=0)
   ck.positive_int(v.max_side, "validate.max_side")
   ck.positive_int(v.max_pixels, "validate.max_pixels")
@@ -163,7 +170,8 @@ def build_prep_spec(config) -> PrepSpec:
   content = content_of(config)
   return PrepSpec(
       dataset=config.dataset, licence=config.licence, description=config.description,
-      kind=s.kind, path=s.path, splits=s.splits, captions=s.captions, labels=bool(s.labels),
+      kind=s.kind, path=s.path, splits=s.splits, captions=s.captions, opt_out=s.opt_out,
+      labels=bool(s.labels),
       limit=s.limit, tfds_name=s.tfds_name, tfds_data_dir=s.tfds_data_dir,
       max_side=v.max_side,
       max_pixels=v.max_pixels, min_side=f.min_side, min_aspect=float(f.min_aspect),

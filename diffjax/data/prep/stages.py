@@ -95,14 +95,29 @@ class Progress:
             file=sys.stderr, flush=True)
 
 
+def opted_out(ex: dict, entries: frozenset[str], content_hash: str = "") -> str:
+  """The kind of opt-out entry that names this example ("" when none does)."""
+  if not entries:
+    return ""
+  prov = ex.get("provenance", {})
+  for kind, value in (("id", ex["id"]), ("file", ex.get("file", "")),
+                      ("source_id", prov.get("source_id", "")), ("url", prov.get("url", "")),
+                      ("content hash", content_hash)):
+    if value and value in entries:
+      return kind
+  return ""
+
+
 class Validate(beam.DoFn):
-  """Decodes and validates; adds ``image``, ``meta`` and ``label``."""
+  """Decodes and validates; adds ``image``, ``meta`` and ``label``. Examples named by the
+  opt-out list leave as ``opted_out`` rejections without a thumbnail or a quarantine copy."""
 
   def __init__(self, max_side: int, max_pixels: int, class_names: list[str], labels: bool,
-               expected: int = 0, workers: int = 1):
+               expected: int = 0, workers: int = 1, opt_out: frozenset[str] = frozenset()):
     self._max_side, self._max_pixels = max_side, max_pixels
     self._index = {c: i for i, c in enumerate(class_names)} if labels else {}
     self._expected, self._workers = expected, workers
+    self._opt_out = opt_out
 
   def setup(self):
     self._progress = Progress(self._expected, self._workers)
@@ -110,6 +125,12 @@ class Validate(beam.DoFn):
   def process(self, ex: dict[str, Any]):
     self._progress.tick()
     with _Timed("validate"):
+      file_hash = (hashlib.sha256(ex["data"]).hexdigest()
+                   if self._opt_out and ex.get("data") else "")
+      kind = opted_out(ex, self._opt_out, file_hash)
+      if kind:
+        yield reject(ex, "validate", "opted_out", f"matched by {kind}")
+        return
       if ex.get("read_error"):
         yield reject(ex, "validate", "unreadable_file", ex["read_error"], keep_data=False)
         return
@@ -130,6 +151,9 @@ class Validate(beam.DoFn):
           yield reject(ex, "validate", e.reason, e.detail, keep_data=True)
           return
         ex.pop("data")
+      if self._opt_out and opted_out(ex, self._opt_out, checks.pixel_hash(image)):
+        yield reject(ex, "validate", "opted_out", "matched by content hash")
+        return
       label = self._index.get(ex.pop("class_name"), -1) if self._index else -1
       yield {**ex, "image": image, "meta": meta, "label": label}
 
@@ -287,7 +311,7 @@ class Encode(beam.DoFn):
       shard = shard_of(ex["id"], self._num_shards)
       for res in self._resolutions:
         out = center_crop_resize(image, res)
-        fields = {"id": ex["id"], "split": ex["split"]}
+        fields = {"id": ex["id"], "split": ex["split"], **provenance_fields(ex)}
         if ex["caption"]:
           fields["caption"] = ex["caption"]
         record = encode_record(encode_png(out), ex["label"], **fields)
@@ -296,8 +320,21 @@ class Encode(beam.DoFn):
           yield beam.pvalue.TaggedOutput("kept", _kept_summary(ex, out))
 
 
+def provenance_fields(ex) -> dict[str, str]:
+  """What a record keeps about where its image came from: ``source`` (the URL the input gave,
+  else the file or archive member it was read from), and ``source_id``, ``licence`` and
+  ``attribution`` when the input gave them."""
+  prov = ex.get("provenance", {})
+  out = {"source": prov.get("url") or ex.get("source", "")}
+  out.update({k: prov[k] for k in ("source_id", "licence", "attribution") if prov.get(k)})
+  return out
+
+
 def _kept_summary(ex, out) -> dict:
+  prov = ex.get("provenance", {})
   return {"id": ex["id"], "split": ex["split"], "label": ex["label"], "image": out,
+          "licence": prov.get("licence", ""), "attribution": bool(prov.get("attribution")),
+          "url": bool(prov.get("url")),
           "size": tuple(ex["meta"]["size"]), "had_exif": ex["meta"]["had_exif"],
           "had_gps": ex["meta"]["had_gps"], "had_xmp": ex["meta"]["had_xmp"],
           "faces": ex["faces"], "pii": ex["pii"], "caption": bool(ex["caption"])}
@@ -395,7 +432,7 @@ class SummaryFn(beam.CombineFn):
   def create_accumulator(self):
     return {"count": Counter(), "classes": Counter(), "sizes": Counter(), "meta": Counter(),
             "pii": Counter(), "sum": {}, "sumsq": {}, "pixels": Counter(),
-            "face_classes": Counter()}
+            "face_classes": Counter(), "licences": Counter()}
 
   def add_input(self, acc, s):
     split = s["split"]
@@ -409,6 +446,9 @@ class SummaryFn(beam.CombineFn):
     if s["faces"]:
       acc["face_classes"][s["label"]] += 1
     acc["pii"].update(s["pii"])
+    acc["licences"][s.get("licence") or "unknown"] += 1
+    acc["meta"]["with_attribution"] += int(bool(s.get("attribution")))
+    acc["meta"]["with_url"] += int(bool(s.get("url")))
     x = s["image"].astype(np.float64).reshape(-1, s["image"].shape[-1]) / 255.0
     acc["sum"][split] = acc["sum"].get(split, 0) + x.sum(0)
     acc["sumsq"][split] = acc["sumsq"].get(split, 0) + (x * x).sum(0)
@@ -418,7 +458,8 @@ class SummaryFn(beam.CombineFn):
   def merge_accumulators(self, accs):
     out = self.create_accumulator()
     for a in accs:
-      for k in ("count", "classes", "sizes", "meta", "pii", "pixels", "face_classes"):
+      for k in ("count", "classes", "sizes", "meta", "pii", "pixels", "face_classes",
+                "licences"):
         out[k].update(a[k])
       for k in ("sum", "sumsq"):
         for split, v in a[k].items():
@@ -435,7 +476,7 @@ class SummaryFn(beam.CombineFn):
     return {"count": dict(acc["count"]), "classes": dict(acc["classes"]),
             "sizes": dict(acc["sizes"]), "meta": dict(acc["meta"]), "pii": dict(acc["pii"]),
             "face_classes": {str(k): v for k, v in acc["face_classes"].items()},
-            "channels": channels}
+            "licences": dict(acc["licences"]), "channels": channels}
 
 
 def grid_key(example_id: str) -> int:
