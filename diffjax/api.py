@@ -59,7 +59,7 @@ class Model:
     self.mesh = parallel.make_mesh({"data": jax.local_device_count(), "fsdp": 1, "tensor": 1},
                                    jax.local_devices())
     self.spec = _spec(self.config, jax.local_device_count())
-    self.params, self.step = restore_for_inference(self.spec, self.workdir, self.mesh, step)
+    self.variables, self.step = restore_for_inference(self.spec, self.workdir, self.mesh, step)
     self._generators: dict = {}
 
   @property
@@ -97,7 +97,7 @@ class Model:
     key = spec.method.sampling_tag(), tuple(sorted(options.items()))
     if key not in self._generators:  # one compiled sampler per setting
       self._generators[key] = Generator(spec.method.generate, self.mesh)
-    return generate_images(self._generators[key], self.params, spec, n,
+    return generate_images(self._generators[key], self.variables, spec, n,
                            jax.random.PRNGKey(seed), _CHUNK, labels)[0]
 
   def denoiser(self):
@@ -105,7 +105,7 @@ class Model:
     for `diffjax.diffusion.sample` with ``model.schedule``."""
     if not hasattr(self.method, "denoiser"):
       raise ValueError(f"method {self.method.name!r} has no denoiser")
-    return self.method.denoiser(self.params["denoiser"])
+    return self.method.denoiser(self.variables["denoiser"])
 
   @property
   def schedule(self):
@@ -125,7 +125,7 @@ class Model:
     from diffjax.evaluation.evaluator import ref_path
     if reference and not ref_path(spec.eval, self.workdir).exists():
       ref_stats_job.compute_reference(spec, self.workdir, self.mesh)
-    return evaluate_job.score(spec, self.workdir, self.mesh, self.params, self.step)
+    return evaluate_job.score(spec, self.workdir, self.mesh, self.variables, self.step)
 
 
 def load(workdir: str | pathlib.Path, step: int | None = None) -> Model:

@@ -4,8 +4,9 @@ named networks, checkpoints, sharding, EMA, resume, sampling) needs no change fo
 objective: this file is all it takes.
 
 Two networks by role: ``encoder`` (image -> latent) and ``decoder`` (latent -> image, with
-EMA). With ``method.frozen_encoder=True`` the encoder is a frozen network (no optimiser, never
-updated) and only the decoder trains. ``generate`` decodes standard-normal latents.
+EMA, and batch normalisation: a variable collection besides the parameters, updated by the
+method). With ``method.frozen_encoder=True`` the encoder is a frozen network (no optimiser,
+never updated) and only the decoder trains. ``generate`` decodes standard-normal latents.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class Decoder(nn.Module):
   channels: int = 1
 
   @nn.compact
-  def __call__(self, z):
-    h = nn.silu(layers.Conv(16)(z))
+  def __call__(self, z, train: bool = False):
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(layers.Conv(16)(z))
+    h = nn.silu(h)
     h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # 4x4 -> 8x8
     return layers.Conv(self.channels)(h)
 
@@ -47,9 +49,8 @@ class AutoencoderMethod(Method):
     self.image_shape = image_shape
     self.latent_shape = (image_shape[0] // 2, image_shape[1] // 2, latent_channels)
     self.encoder, self.decoder = Encoder(latent_channels), Decoder(image_shape[-1])
-    init_encoder = lambda rng: self.encoder.init(rng, jnp.zeros((1, *image_shape)))["params"]
-    init_decoder = lambda rng: self.decoder.init(rng, jnp.zeros((1, *self.latent_shape)))[
-        "params"]
+    init_encoder = lambda rng: self.encoder.init(rng, jnp.zeros((1, *image_shape)))
+    init_decoder = lambda rng: self.decoder.init(rng, jnp.zeros((1, *self.latent_shape)))
     self.networks = {
         "encoder": (Network.frozen(self.encoder, init_encoder) if frozen_encoder else
                     Network.trained(self.encoder, init_encoder, optim, ema=False)),
@@ -67,18 +68,23 @@ class AutoencoderMethod(Method):
     trained = [r for r, n in self.networks.items() if n.optimizer is not None]
     fixed = {r: state.nets[r].params for r in self.networks if r not in trained}
 
+    stats = state.nets["decoder"].collections
+
     def loss(params, batch, _):
       p = {**fixed, **params}
       z = self.encoder.apply({"params": p["encoder"]}, batch["image"])
-      x_hat = self.decoder.apply({"params": p["decoder"]}, z)
-      return jnp.mean(jnp.square(x_hat - batch["image"])), None
+      x_hat, updated = self.decoder.apply({"params": p["decoder"], **stats}, z, train=True,
+                                          mutable=["batch_stats"])
+      return jnp.mean(jnp.square(x_hat - batch["image"])), updated
 
-    (value, _), grads = value_and_grad(loss, {r: state.nets[r].params for r in trained}, batch)
+    (value, stats), grads = value_and_grad(loss, {r: state.nets[r].params for r in trained},
+                                           batch)
     for role in trained:
       state = state.with_net(role, apply_gradients(state.nets[role],
                                                    self.networks[role].optimizer, grads[role]))
+    state = state.with_net("decoder", state.nets["decoder"].replace(collections=dict(stats)))
     return state, {"loss": value, "grad_norm": optax.tree.norm(grads)}
 
-  def generate(self, params, rng, labels):
+  def generate(self, variables, rng, labels):
     z = jax.random.normal(rng, (labels.shape[0], *self.latent_shape))
-    return jnp.clip(self.decoder.apply({"params": params["decoder"]}, z), -1.0, 1.0)
+    return jnp.clip(self.decoder.apply(variables["decoder"], z), -1.0, 1.0)

@@ -45,8 +45,8 @@ def test_load_restores_the_ema_and_samples_like_the_sampler_api(run):
   ckpt = checkpointer(spec, run)
   state, _, _ = ckpt.restore_latest(setup.abstract)
   ckpt.close()
-  assert set(model.params) == {"denoiser"}
-  for a, b in zip(jax.tree.leaves(model.params["denoiser"]),
+  assert set(model.variables) == {"denoiser"} and set(model.variables["denoiser"]) == {"params"}
+  for a, b in zip(jax.tree.leaves(model.variables["denoiser"]["params"]),
                   jax.tree.leaves(state.nets["denoiser"].ema_params)):
     np.testing.assert_array_equal(a, b)
   # sample() == the diffusion API on model.denoiser() with the same key (first chunk: key 0).

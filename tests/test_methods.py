@@ -48,6 +48,7 @@ def test_a_second_method_trains_resumes_and_samples_through_launch(tmp_path):
   # Both networks train (two optimisers); the decoder's EMA and parameters are split 8 ways.
   sharding = (whole / "sharding.txt").read_text()
   assert "['encoder'].opt_state" in sharding and "['decoder'].ema_params" in sharding
+  assert "['decoder'].collections['batch_stats']" in sharding
   assert "'fsdp'" in sharding
   _ae_launch(whole, 12, "--mode", "sample")
   images = np.load(next((whole / "samples").glob("test_autoencoder_step12.npz")))["images"]
@@ -108,6 +109,10 @@ def test_step_wrapper_ema_skip_policy_and_frozen_networks_on_any_method():
   for a, b in zip(jax.tree.leaves(encoder[0].params), jax.tree.leaves(encoder[-1].params)):
     np.testing.assert_array_equal(a, b)
   assert "lr" in metrics[0] and metrics[0]["loss"] > metrics[-1]["loss"]
+  # The decoder's batch statistics move with accepted updates only (a collection, not EMA'd).
+  means = [s.nets["decoder"].collections["batch_stats"]["BatchNorm_0"]["mean"] for s in states]
+  assert not np.array_equal(means[1], means[0])
+  np.testing.assert_array_equal(means[2], means[1])
   # Both networks trained: one optimiser each, learning rates logged per network.
   _, both = _run(_ae_spec(), 1)
   assert {"lr/encoder", "lr/decoder"} <= set(both[0]) and "lr" not in both[0]

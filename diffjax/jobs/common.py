@@ -91,11 +91,12 @@ def abstract_batch(spec: ExperimentSpec, sharding, batch_size: int | None = None
 
 
 def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh, step=None):
-  """``({role: parameters}, step)`` of the latest checkpoint (or ``step``): the EMA where a
-  network keeps one, nothing else (no optimiser state). ConfigError if there is none."""
+  """``({role: Flax variables}, step)`` of the latest checkpoint (or ``step``): the EMA
+  parameters where a network keeps one, nothing else (no optimiser state). ConfigError if
+  there is none."""
   ckpt = checkpointer(spec, workdir)
   try:
-    params, step = ckpt.restore_params(state_setup(spec, mesh).abstract, step)
+    params, step = ckpt.restore_variables(state_setup(spec, mesh).abstract, step)
   finally:
     ckpt.close()
   if params is None:

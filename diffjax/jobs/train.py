@@ -176,10 +176,10 @@ def train(config, workdir: str) -> dict:
         progress.line(step, last)
         _check_numerics(spec, last, step, ckpt)
       if spec.sample.every_steps and step % spec.sample.every_steps == 0 and step != total:
-        writer.image(step, "samples", sample_grid(generate, state.inference_params, spec,
+        writer.image(step, "samples", sample_grid(generate, state.inference_variables, spec,
                                                   sample_rng), workdir / "samples")
       if evaluator and (step % spec.eval.every_steps == 0 or step == total):
-        last.update(run_periodic_eval(evaluator, generate, state.inference_params, spec, step))
+        last.update(run_periodic_eval(evaluator, generate, state.inference_variables, spec, step))
         writer.write(step, last)
       if watcher.should_stop(step):
         ckpt.save(step, state, feeder, force=True, log_window=window.state())
@@ -190,7 +190,7 @@ def train(config, workdir: str) -> dict:
         ckpt.save(step, state, feeder, metrics=last or None, log_window=window.state())
     ckpt.wait()
     if spec.sample.at_end:
-      writer.image(step, "samples", sample_grid(generate, state.inference_params, spec,
+      writer.image(step, "samples", sample_grid(generate, state.inference_variables, spec,
                                                 sample_rng), workdir / "samples")
     checkpoints = ckpt.all_steps()
   finally:

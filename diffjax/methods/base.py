@@ -32,7 +32,8 @@ class Network:
 
   Attributes:
     module: the Flax module.
-    init: ``rng -> params`` (boxed with logical axis names, as ``module.init`` returns them).
+    init: ``rng -> Flax variables`` as ``module.init`` returns them (``params`` boxed with
+      logical axis names, plus any other collection: batch statistics, spectral-norm vectors).
     optimizer: its optax optimiser; None for a frozen network (no gradients, no optimiser
       state).
     lr_schedule: ``step -> learning rate`` of ``optimizer`` (logged).
@@ -95,9 +96,9 @@ class Method(abc.ABC):
     update. EMA, counters and learning-rate metrics are added by the training step."""
 
   @abc.abstractmethod
-  def generate(self, params: Mapping[str, Any], rng, labels) -> jax.Array:
-    """Images ``float32 [n, H, W, C]`` in ``[-1, 1]`` from ``{role: params}`` (EMA where kept);
-    ``labels`` int32 ``[n]`` (ignored by unconditional methods)."""
+  def generate(self, variables: Mapping[str, Any], rng, labels) -> jax.Array:
+    """Images ``float32 [n, H, W, C]`` in ``[-1, 1]`` from ``{role: Flax variables}`` (EMA
+    parameters where kept); ``labels`` int32 ``[n]`` (ignored by unconditional methods)."""
 
   def sampling_info(self) -> dict[str, Any]:
     """How ``generate`` samples, for result files (e.g. sampler, steps, guidance)."""
@@ -111,6 +112,6 @@ class Method(abc.ABC):
     """Why ``eval.likelihood=kind`` cannot be computed for this method (None: it can)."""
     return f"method {self.name!r} computes no likelihood"
 
-  def bits_per_dim(self, params: Mapping[str, Any], images_uint8, rng, kind: str):
+  def bits_per_dim(self, variables: Mapping[str, Any], images_uint8, rng, kind: str):
     """Per-image negative log-likelihood in bits per dimension of uint8 images (jit-able)."""
     raise NotImplementedError(self.likelihood_error(kind))

@@ -168,12 +168,11 @@ class DiffusionMethod(Method):
   def _init(self, rng):
     x = jnp.zeros((1, *self.image_shape), jnp.float32)
     labels = jnp.zeros((1,), jnp.int32) if self.conditional else None
-    return self.module.init({"params": rng, "dropout": rng}, x, jnp.zeros((1,)), labels)[
-        "params"]
+    return self.module.init({"params": rng, "dropout": rng}, x, jnp.zeros((1,)), labels)
 
-  def denoiser(self, params):
-    """``denoise(x_t, t, labels) -> x0_hat`` of the network with ``params``."""
-    net_fn = lambda x, level, cond: self.module.apply({"params": params}, x, level, cond)
+  def denoiser(self, variables):
+    """``denoise(x_t, t, labels) -> x0_hat`` of the network with Flax ``variables``."""
+    net_fn = lambda x, level, cond: self.module.apply(variables, x, level, cond)
     return diffusion.make_denoiser(net_fn, self.diffusion.parameterization,
                                    self.diffusion.schedule)
 
@@ -195,9 +194,9 @@ class DiffusionMethod(Method):
     return state.with_net("denoiser", net), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   # --- sampling -----------------------------------------------------------------------------
-  def generate(self, params, rng, labels):
+  def generate(self, variables, rng, labels):
     s = self.sampler
-    denoise = self.denoiser(params["denoiser"])
+    denoise = self.denoiser(variables["denoiser"])
     kwargs = dict(sampler=s.sampler, num_steps=s.num_steps, spacing=s.spacing, **dict(s.options))
     if self.conditional:
       kwargs["cond"] = labels
@@ -225,12 +224,12 @@ class DiffusionMethod(Method):
       return f"vlb needs a discrete schedule (e.g. linear), not {self.diffusion.schedule.name!r}"
     return None if kind in ("ode", "vlb") else f"unknown likelihood {kind!r}; allowed: ode, vlb"
 
-  def bits_per_dim(self, params, images_uint8, rng, kind: str):
+  def bits_per_dim(self, variables, images_uint8, rng, kind: str):
     """Test-set bits/dim: ``ode`` (probability-flow ODE on uniformly dequantised images) or
     ``vlb`` (the discrete chain's variational bound); of the unconditional (null-class)
     model when the network is conditional."""
     schedule = self.diffusion.schedule
-    denoise = self.denoiser(params["denoiser"])
+    denoise = self.denoiser(variables["denoiser"])
     n = images_uint8.shape[0]
     cond = jnp.full((n,), self.num_classes, jnp.int32) if self.conditional else None
     fn = lambda xt, t: denoise(xt, t, cond)

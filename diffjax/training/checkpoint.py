@@ -249,13 +249,15 @@ class Checkpointer:
                             "\n  ".join(problems) + "\nMove the folder away to start afresh.")
     return None, None, False
 
-  def restore_params(self, abstract_state, step: int | None = None) -> tuple[dict | None, int]:
-    """What inference needs and nothing more: ``{role: parameters}`` (the EMA where the network
-    keeps one) of checkpoint ``step`` (default: the newest whose files verify); optimiser
-    states and the data position are not read. Damaged checkpoints are skipped, not moved.
+  def restore_variables(self, abstract_state, step: int | None = None
+                        ) -> tuple[dict | None, int]:
+    """What inference needs and nothing more: ``{role: Flax variables}`` (the EMA parameters
+    where the network keeps one, and its other collections) of checkpoint ``step`` (default:
+    the newest whose files verify); optimiser states and the data position are not read.
+    Damaged checkpoints are skipped, not moved.
 
     Returns:
-      ``(params_by_role, step)``, or ``(None, None)`` when the folder holds no checkpoint.
+      ``(variables_by_role, step)``, or ``(None, None)`` when the folder holds no checkpoint.
 
     Raises:
       CheckpointError: ``step`` is not there, its layout differs, or none can be read.
@@ -268,10 +270,11 @@ class Checkpointer:
                             f"steps {steps}")
     candidates = [step] if step is not None else list(reversed(steps))
     self._check_layout(candidates[0])
-    keys = {role: "params" if net.ema_params is None else "ema_params"
+    keys = {role: ["params" if net.ema_params is None else "ema_params"] +
+            (["collections"] if net.collections is not None else [])
             for role, net in abstract_state.nets.items()}
-    want = {"nets": {role: {key: getattr(abstract_state.nets[role], key)}
-                     for role, key in keys.items()}}
+    want = {"nets": {role: {key: getattr(abstract_state.nets[role], key) for key in names}
+                     for role, names in keys.items()}}
     problems = []
     for s in candidates:
       ok, why = self.verify(s) if self.verify_files else (None, "")
@@ -282,7 +285,8 @@ class Checkpointer:
       restored = self._manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=want, restore_args=ocp.checkpoint_utils.construct_restore_args(want),
           partial_restore=True)))["state"]["nets"]
-      return {role: restored[role][key] for role, key in keys.items()}, s
+      return {role: {"params": restored[role][names[0]], **restored[role].get("collections", {})}
+              for role, names in keys.items()}, s
     raise CheckpointError(f"no checkpoint in {self.directory} could be read: "
                           f"{'; '.join(problems)}")
 

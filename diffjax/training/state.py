@@ -27,20 +27,25 @@ class NetState:
     ema_params: exponential moving average of ``params`` (None: the method keeps no EMA of
       this network).
     opt_state: optimiser state (None: a frozen network, never updated).
+    collections: the network's other Flax variable collections (batch statistics,
+      spectral-norm vectors; None when it has none), updated by the method, not by gradients.
   """
 
   params: Any
   ema_params: Any = None
   opt_state: Any = None
+  collections: Any = None
 
   @property
   def trainable(self) -> bool:
     return self.opt_state is not None
 
   @property
-  def inference_params(self):
-    """The parameters to sample and evaluate with: the EMA where one is kept."""
-    return self.params if self.ema_params is None else self.ema_params
+  def inference_variables(self) -> dict:
+    """The Flax variables to sample and evaluate with: the EMA parameters where one is kept,
+    and the other collections."""
+    params = self.params if self.ema_params is None else self.ema_params
+    return {"params": params, **(self.collections or {})}
 
 
 @flax.struct.dataclass
@@ -67,9 +72,9 @@ class TrainState:
     return self.replace(nets={**self.nets, role: net})
 
   @property
-  def inference_params(self) -> dict[str, Any]:
-    """``{role: parameters to sample with}`` (EMA where kept)."""
-    return {role: net.inference_params for role, net in self.nets.items()}
+  def inference_variables(self) -> dict[str, Any]:
+    """``{role: Flax variables to sample with}`` (EMA parameters where kept)."""
+    return {role: net.inference_variables for role, net in self.nets.items()}
 
   @property
   def params(self) -> dict[str, Any]:
@@ -85,15 +90,18 @@ def create_train_state(rng, networks: Mapping[str, Any]) -> TrainState:
     rng: PRNG key. The first network is initialised from its first split, the others from
       that key folded with their position, so adding a network leaves the first one's
       initial parameters unchanged.
-    networks: ``{role: methods.Network}`` (``init``, ``optimizer``, ``ema``).
+    networks: ``{role: methods.Network}`` (``init``: rng -> Flax variables, ``optimizer``,
+      ``ema``).
   """
   init_rng, state_rng = jax.random.split(rng)
   nets = {}
   for i, (role, net) in enumerate(networks.items()):
-    params = net.init(init_rng if i == 0 else jax.random.fold_in(init_rng, i))
+    variables = dict(net.init(init_rng if i == 0 else jax.random.fold_in(init_rng, i)))
+    params = variables.pop("params")
     nets[role] = NetState(
         params=params, ema_params=params if net.ema else None,
-        opt_state=None if net.optimizer is None else net.optimizer.init(params))
+        opt_state=None if net.optimizer is None else net.optimizer.init(params),
+        collections=variables or None)
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, nets=nets, rng=state_rng, skipped=zero, streak=zero,
                     loss_avg=jnp.zeros((), jnp.float32))
