@@ -24,7 +24,8 @@ from diffjax.jobs.prep import prepare  # noqa: E402
 from diffjax.data.records import decode_record  # noqa: E402
 from diffjax.fields import ConfigError  # noqa: E402
 from diffjax.testing import planted as planted_data  # noqa: E402
-from diffjax.testing.planted import BENIGN_CAPTIONS, PII_CAPTIONS, build_planted  # noqa: E402
+from diffjax.testing.planted import (BENIGN_CAPTIONS, INTERNATIONAL_PII, PII_CAPTIONS,  # noqa: E402
+                                     build_planted)
 
 ASSETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "assets"
 FACE_MODEL = ASSETS / "faces" / "face_detection_yunet_2023mar.onnx"
@@ -222,7 +223,8 @@ def test_no_metadata_and_no_personal_data_survives(planted):
     assert "[" in caption
   for ident, text in truth.benign.items():
     assert kept[ident]["caption"] == text
-  assert len(truth.pii) == len(PII_CAPTIONS) and len(truth.benign) == len(BENIGN_CAPTIONS)
+  assert len(truth.pii) == len(PII_CAPTIONS) + len(INTERNATIONAL_PII)
+  assert len(truth.benign) == len(BENIGN_CAPTIONS)
 
 
 def msgpack_image_bytes(raw: bytes) -> bytes:
@@ -549,30 +551,6 @@ def test_near_duplicates_of_small_images(tmp_path):
   assert m["counts"]["kept"]["test"] == len(copies)  # every original kept
 
 
-INTERNATIONAL_PII = [
-    ("call 07700 900461 after six", "07700 900461"),  # UK mobile, national format
-    ("ring +14155550199 for prints", "+14155550199"),  # E.164 without separators
-    ("meet at 221 W 42nd Street tonight", "221 W 42nd Street"),
-    ("appelez le 01 42 68 53 00", "01 42 68 53 00"),  # France
-    ("Tel. 030 901820 (Berlin)", "030 901820"),  # Germany, national
-    ("call +81 3-1234-5678 in Tokyo", "3-1234-5678"),  # Japan
-    ("WhatsApp +91 98765 43210", "98765 43210"),  # India
-    ("office (02) 9374 4000 Sydney", "9374 4000"),  # Australia, national
-    ("cel +55 11 91234-5678", "91234-5678"),  # Brazil
-    ("phone 0049 30 901820", "30 901820"),  # international prefix 00
-    ("US office (415) 555-0199", "555-0199"),
-    ("office: 1600 Pennsylvania Ave NW, Washington, DC 20500", "1600 Pennsylvania Ave"),
-    ("350 Fifth Avenue, New York, NY 10118 at night", "350 Fifth Avenue"),
-    ("sent to 10 Downing St, London SW1A 2AA", "10 Downing St"),
-    ("123 Main St, Toronto, ON M5V 2T6 in winter", "123 Main St"),
-    ("1 Martin Place, Sydney NSW 2000", "1 Martin Place"),
-    ("PO Box 123, Springfield, IL 62701", "PO Box 123"),
-    ("Hauptstraße 5, 10115 Berlin", "Hauptstraße 5"),
-    ("12 rue de la Paix, 75002 Paris", "12 rue de la Paix"),
-    ("Calle Mayor 10, 28013 Madrid", "Calle Mayor 10"),
-    ("Via Roma 12, 00184 Roma", "Via Roma 12"),
-    ("Keizersgracht 123, 1015 CJ Amsterdam", "Keizersgracht 123"),
-]
 BENIGN_NUMBERS = [
     "a ship in harbour on 2021-06-12", "shot at 1/250 s, f/2.8, ISO 3200",
     "two dogs playing in the park on Main street", "route 66 sign in the desert",

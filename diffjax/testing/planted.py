@@ -2,11 +2,14 @@
 the preparation pipeline (the way scikit-learn's ``make_*`` functions build data with known
 structure).
 
-`build_planted` writes ``<root>/{train,test}/<class>/<file>`` from CIFAR-10 JPEGs, MNIST digits
-and ORL faces, and plants: corrupt, truncated, empty, wrong-mode and oversized files; exact and
-near duplicates within and across splits; tiny, blurred and blank images; JPEGs with EXIF GPS
-tags; faces at known boxes; captions with personal data. It returns the truth: the reason each
-planted file must be dropped for, the face boxes, and the personal data in captions.
+`build_planted` writes ``<root>/{train,test}/<class>/<file>`` from CIFAR-10 JPEGs, MNIST digits,
+Fashion-MNIST, ORL faces and scikit-image's texture photographs, and plants: corrupt, empty,
+wrong-mode and oversized files, and files of every supported format (animated ones too)
+truncated at 50% and 90%; exact and near duplicates within and across splits, including 0.9x
+resizes of 28 px images; tiny, blurred and blank images; JPEGs with EXIF GPS tags; faces at
+known boxes, whole, pasted into photos and into cluttered textures; captions with personal data
+in international formats. It returns the truth: the reason each planted file must be dropped
+for, the face boxes, and the personal data in captions.
 """
 
 from __future__ import annotations
@@ -42,6 +45,32 @@ PII_CAPTIONS = [
     ("card 5500-0000-0000-0004, SSN 123-45-6789", ["5500-0000-0000-0004", "123-45-6789"]),
     ("sent from https://carol:hunter2@files.example.net/album", ["carol:hunter2"]),
     ("Hauptstraße 5, 10115 Berlin, Tel. +49 30 901820", ["Hauptstraße 5", "30 901820"]),
+]
+# Phone numbers and addresses in international formats: (caption, string that must not
+# survive).
+INTERNATIONAL_PII = [
+    ("call 07700 900461 after six", "07700 900461"),  # UK mobile, national format
+    ("ring +14155550199 for prints", "+14155550199"),  # E.164 without separators
+    ("meet at 221 W 42nd Street tonight", "221 W 42nd Street"),
+    ("appelez le 01 42 68 53 00", "01 42 68 53 00"),  # France
+    ("Tel. 030 901820 (Berlin)", "030 901820"),  # Germany, national
+    ("call +81 3-1234-5678 in Tokyo", "3-1234-5678"),  # Japan
+    ("WhatsApp +91 98765 43210", "98765 43210"),  # India
+    ("office (02) 9374 4000 Sydney", "9374 4000"),  # Australia, national
+    ("cel +55 11 91234-5678", "91234-5678"),  # Brazil
+    ("phone 0049 30 901820", "30 901820"),  # international prefix 00
+    ("US office (415) 555-0199", "555-0199"),
+    ("office: 1600 Pennsylvania Ave NW, Washington, DC 20500", "1600 Pennsylvania Ave"),
+    ("350 Fifth Avenue, New York, NY 10118 at night", "350 Fifth Avenue"),
+    ("sent to 10 Downing St, London SW1A 2AA", "10 Downing St"),
+    ("123 Main St, Toronto, ON M5V 2T6 in winter", "123 Main St"),
+    ("1 Martin Place, Sydney NSW 2000", "1 Martin Place"),
+    ("PO Box 123, Springfield, IL 62701", "PO Box 123"),
+    ("Hauptstraße 5, 10115 Berlin", "Hauptstraße 5"),
+    ("12 rue de la Paix, 75002 Paris", "12 rue de la Paix"),
+    ("Calle Mayor 10, 28013 Madrid", "Calle Mayor 10"),
+    ("Via Roma 12, 00184 Roma", "Via Roma 12"),
+    ("Keizersgracht 123, 1015 CJ Amsterdam", "Keizersgracht 123"),
 ]
 BENIGN_CAPTIONS = [
     "a red car with 2 doors parked outside",
@@ -223,12 +252,34 @@ def build_planted(root: str | os.PathLike, assets: str | os.PathLike, per_class:
       ident = put("train", "person", f"face_{i:02d}.png", face)
       t.faces[ident] = (0, 0, face.shape[1], face.shape[0])
 
+  # Faces of 22-50 pixels on real textures (grass, gravel, brick): cluttered scenes.
+  for i, (scene, box) in enumerate(faces_in_clutter(assets, 12, seed=seed + 1, size=256)):
+    ident = put("train", "person", f"clutter_{i:02d}.png", scene[..., 0])
+    t.faces[ident] = box
+
+  # Small-image near duplicates: Fashion-MNIST (28 px) originals in test, 0.9x resizes
+  # (28 -> 25 px) in train.
+  for i, img in enumerate(fashion_mnist(assets, 12, seed=seed + 2)):
+    ident = put("test", "fashion", f"f{i:03d}.png", img[..., 0])
+    dup = put("train", "fashion", f"zz_small_{i:03d}.png", resized(img, 0.9)[..., 0],
+              "near_duplicate")
+    t.duplicate_of[dup] = ident
+
+  # Truncated files of every supported format (animated ones too), cut at 50% and 90%.
+  for name, data in truncated_files(originals["train"][3][1]).items():
+    cut, ext = name.split("_", 1)
+    path = root / "train" / "bad" / f"trunc_{cut}.{ext}"
+    path.write_bytes(data)
+    t.reasons[f"train/bad/{path.name}"] = "truncated"
+
   # Captions (sidecar .txt) with and without personal data, on clean images.
-  clean = [c for c in t.clean if c.startswith("test/") and "gps" not in c]
-  for (text, secrets), ident in zip(PII_CAPTIONS, clean):
+  clean = [c for c in t.clean if c.startswith("test/") and "gps" not in c
+           and "/fashion/" not in c]
+  pii = PII_CAPTIONS + [(text, [secret]) for text, secret in INTERNATIONAL_PII]
+  for (text, secrets), ident in zip(pii, clean):
     (root / ident).with_suffix(".txt").write_text(text)
     t.pii[ident] = secrets
-  for text, ident in zip(BENIGN_CAPTIONS, clean[len(PII_CAPTIONS):]):
+  for text, ident in zip(BENIGN_CAPTIONS, clean[len(pii):]):
     (root / ident).with_suffix(".txt").write_text(text)
     t.benign[ident] = text
   return t
