@@ -80,6 +80,12 @@ def main():
 
   t = manifest["throughput"]
   c = manifest["counts"]
+  near = manifest["dedup"]["near"]
+  rejected = [json.loads(line) for line in (data / "rejected.jsonl").read_text().splitlines()]
+  leaks = [r for r in rejected if r["reason"] == "near_duplicate" and "(cross-split)" in
+           r["detail"]]
+  exact_leaks = [r for r in rejected if r["reason"] == "exact_duplicate" and "(cross-split)" in
+                 r["detail"]]
   lines = [
       "# CIFAR-10 JPEG preparation (measured)", "",
       f"Command: `python experiments/cifar10_prep/run.py` ({args.workers} DirectRunner "
@@ -88,6 +94,15 @@ def main():
       f"- Inputs {c['inputs']}, kept {c['kept_total']} ({c['kept']}), dropped "
       f"{sum(c['dropped'].values())}: {c['dropped']}; duplicates across train/test removed "
       f"from train: {c['cross_split_duplicates']}.",
+      f"- Train copies of test images removed: {len(leaks)} near + {len(exact_leaks)} exact "
+      f"({(len(leaks) + len(exact_leaks)) / max(c['kept'].get('test', 1), 1):.2%} of the kept "
+      f"test images have a copy in train). Near duplicates: {near['rule']}, threshold "
+      f"{near['min_similarity']}; {near['num_bands']} LSH bands of {near['band_bits']} bits "
+      f"(candidate recall at the threshold {near['candidate_recall_at_threshold']}), "
+      f"{near['buckets']} band buckets, largest {near['largest_bucket']}, "
+      f"{near['pairs_compared']} pairs compared.",
+      f"- Licences: {manifest['provenance']['licences']} (the archive gives no per-image "
+      f"licence; the card says so).",
       f"- Preparation wall clock {prep_wall:.1f} s for the launch.py process (pipeline alone "
       f"{t['wall_s']} s): **{c['inputs'] / prep_wall:.0f} images/s end to end**.",
       f"- Re-run on the same input: {rerun_wall:.1f} s, shards written "
