@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from diffjax.models.autoencoder import AutoencoderKL
 from diffjax.models.dit import DiT
 from diffjax.models.unet import UNet
 from diffjax.registry import Registry
@@ -62,3 +63,26 @@ for _size, (_depth, _hidden, _heads) in _DIT_SIZES.items():
                      num_heads=_heads, patch_size=_patch)
 register_variant("DiT-tiny", DiT, depth=2, hidden_size=64, num_heads=4, patch_size=2,
                  num_classes=10)
+
+# --- Autoencoders of latent diffusion (diffjax.models.autoencoder) -----------------------------
+# A table of its own: a variant here is a frozen or trained autoencoder (config.latent.*), not a
+# denoiser (model.name). Architectures and latent factors as in each model's diffusers config.
+AUTOENCODERS = Registry("autoencoder variant")
+# stabilityai/sd-vae-ft-ema and -mse, SD 1.x/2.x (83.7M parameters, 8x downsampling, 4 channels).
+AUTOENCODERS.add("sd-vae", AutoencoderKL, scaling_factor=0.18215)
+# SDXL's VAE: the same architecture, retrained; its own scaling factor.
+AUTOENCODERS.add("sdxl-vae", AutoencoderKL, scaling_factor=0.13025)
+# SD3 and FLUX.1: 16 latent channels, no quant convolutions, scaling and shift.
+AUTOENCODERS.add("sd3-vae", AutoencoderKL, latent_channels=16, use_quant_conv=False,
+                 use_post_quant_conv=False, scaling_factor=1.5305, shift_factor=0.0609)
+AUTOENCODERS.add("flux-vae", AutoencoderKL, latent_channels=16, use_quant_conv=False,
+                 use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159)
+# Small autoencoders trained here: 28x28 greyscale (Fashion-MNIST) or 32x32 RGB -> 4x
+# downsampling, 4 channels (7x7x4 / 8x8x4 latents).
+AUTOENCODERS.add("vae-f4-small", AutoencoderKL, in_channels=1, out_channels=1,
+                 block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
+                 scaling_factor=1.0)
+# Tests: two levels (2x downsampling), widths 16/32.
+AUTOENCODERS.add("vae-tiny", AutoencoderKL, in_channels=1, out_channels=1,
+                 block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                 scaling_factor=1.0)

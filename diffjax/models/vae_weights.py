@@ -1,0 +1,464 @@
+"""Weights of `AutoencoderKL`: strict import of diffusers' ``.safetensors`` files, a converted
+cache, and the ``.npz`` files diffjax writes for autoencoders it trained.
+
+Import (``diffusion_pytorch_model.safetensors`` of sd-vae-ft-ema / -mse, SDXL's, SD3's and
+FLUX's VAEs in the diffusers layout) reads the file with the ``safetensors`` library (no
+PyTorch). It is strict: the header is checked first (a file that ends before a tensor's bytes
+names that tensor), then every tensor must map to exactly one parameter of the network with the
+shape the network expects, and every parameter must be found; anything else stops the import
+with the names listed. Attention weights under diffusers' deprecated names (``query``, ``key``,
+``value``, ``proj_attn``, as older checkpoints such as sd-vae-ft-ema store them) are accepted as
+the current ones (``to_q`` ...). Half- and bfloat16 tensors are converted to float32.
+
+A converted file is cached once as ``vae_<sha256 of the source>.npz`` (default
+``~/.cache/diffjax``, or ``$DIFFJAX_CACHE``) holding the parameters, the source's SHA-256, the
+architecture and the SHA-256 of the parameters themselves, which is what identifies an
+autoencoder (`fingerprint`): latent datasets record it and training on them checks it.
+
+  python -m diffjax.models.vae_weights --source vae/diffusion_pytorch_model.safetensors \\
+      --variant sd-vae [--config vae/config.json] [--cache_dir DIR]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pathlib
+import re
+import struct
+from typing import Any, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.models.autoencoder import AutoencoderKL, architecture, normalization
+
+FORMAT = "diffjax-autoencoder"  # the .npz files of this module
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+# diffusers' deprecated attention names (converted by its loader; accepted here the same way).
+_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+class WeightImportError(ValueError):
+  """A weight file that does not fit the network; the message names the tensors."""
+
+
+def default_cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("DIFFJAX_CACHE", pathlib.Path.home() / ".cache" / "diffjax"))
+
+
+def sha256_file(path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+# --- reading .safetensors ---------------------------------------------------------------------
+def read_header(path) -> dict[str, dict[str, Any]]:
+  """The tensor table of a ``.safetensors`` file, checked against the file's size.
+
+  Raises:
+    WeightImportError: not a safetensors file, a damaged header, a tensor whose byte range
+      does not match its shape and dtype, or a file that ends before some tensor's bytes (those
+      tensors are named).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise WeightImportError(f"{path}: no such file")
+  size = path.stat().st_size
+  with open(path, "rb") as f:
+    head = f.read(8)
+    if len(head) < 8:
+      raise WeightImportError(f"{path}: not a safetensors file ({size} bytes, no header)")
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8:
+      raise WeightImportError(f"{path}: truncated or not a safetensors file: its header claims "
+                              f"{n} bytes but the file holds {size - 8} after the length")
+    raw = f.read(n)
+  try:
+    header = json.loads(raw)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise WeightImportError(f"{path}: damaged safetensors header ({e})") from None
+  header.pop("__metadata__", None)
+  data_size = size - 8 - n
+  beyond, bad = [], []
+  for name, entry in header.items():
+    try:
+      dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+      bad.append(f"{name!r}: malformed entry {entry!r}")
+      continue
+    if dtype not in _DTYPE_BYTES:
+      bad.append(f"{name!r}: unknown dtype {dtype!r}")
+    elif end - start != math.prod(shape) * _DTYPE_BYTES[dtype]:
+      bad.append(f"{name!r}: {end - start} bytes cannot hold {dtype} {tuple(shape)}")
+    if end > data_size:
+      beyond.append((start, name))
+  if beyond:
+    names = [name for _, name in sorted(beyond)]
+    raise WeightImportError(
+        f"{path} is truncated: its data ends at byte {data_size}, before the end of "
+        f"{len(names)} tensor(s): {_names(names)} (download or copy it again)")
+  if bad:
+    raise WeightImportError(f"{path}: damaged tensor table: " + "; ".join(bad[:10]))
+  return header
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+  """Every tensor of a checked (`read_header`) ``.safetensors`` file as float32 numpy."""
+  from safetensors import safe_open
+  header = read_header(path)
+  not_float = sorted(k for k, v in header.items() if v["dtype"] not in _FLOAT_DTYPES)
+  if not_float:
+    raise WeightImportError(f"{path}: tensors of non-float dtype {_names(not_float)}")
+  out = {}
+  with safe_open(str(path), framework="numpy") as f:
+    for name in f.keys():
+      if header[name]["dtype"] == "BF16":
+        continue  # numpy has no bfloat16: read below through JAX
+      out[name] = np.asarray(f.get_tensor(name), np.float32)
+  bf16 = [k for k, v in header.items() if v["dtype"] == "BF16"]
+  if bf16:
+    with safe_open(str(path), framework="flax") as f:
+      for name in bf16:
+        out[name] = np.asarray(f.get_tensor(name).astype(jnp.float32))
+  return out
+
+
+def _names(names: list[str], limit: int = 12) -> str:
+  shown = ", ".join(repr(n) for n in names[:limit])
+  return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# --- diffusers names <-> Flax parameters -----------------------------------------------------
+_RENAMES = [
+    (re.compile(r"^(down|up)_blocks_(\d+)_resnets_(\d+)$"), r"\1_blocks.\2.resnets.\3"),
+    (re.compile(r"^down_blocks_(\d+)_downsample$"), r"down_blocks.\1.downsamplers.0"),
+    (re.compile(r"^up_blocks_(\d+)_upsample$"), r"up_blocks.\1.upsamplers.0"),
+    (re.compile(r"^resnets_(\d+)$"), r"resnets.\1"),
+    (re.compile(r"^attentions_(\d+)$"), r"attentions.\1"),
+]
+_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "out": "to_out.0"}
+
+
+def diffusers_name(path: tuple[str, ...]) -> tuple[str, str]:
+  """``(diffusers tensor name, kind)`` of a Flax parameter path; kind is ``conv``, ``linear``
+  or ``vector`` (how the tensor is laid out in PyTorch)."""
+  *modules, leaf = path
+  wrapper = modules[-1]  # layers.Conv / Dense / GroupNorm wrap flax's module named like this
+  kind = {"conv": "conv", "dense": "linear", "norm": "vector"}[wrapper]
+  if leaf == "bias":
+    kind = "vector"
+  parts = []
+  for m in modules[:-1]:
+    if m in ("trunk", "attention"):
+      continue  # diffjax-only nesting (decoder trunk, the attention layer inside its block)
+    for pattern, repl in _RENAMES:
+      if pattern.match(m):
+        m = pattern.sub(repl, m)
+        break
+    parts.append(_ATTENTION.get(m, m))
+  return ".".join(parts + ["weight" if leaf in ("kernel", "scale") else "bias"]), kind
+
+
+def _to_flax(tensor: np.ndarray, kind: str) -> np.ndarray:
+  if kind == "conv":
+    return np.transpose(tensor, (2, 3, 1, 0))  # [O, I, kh, kw] -> [kh, kw, I, O]
+  if kind == "linear":
+    return np.transpose(tensor, (1, 0))  # [out, in] -> [in, out]
+  return tensor
+
+
+def _torch_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+  if kind == "conv":
+    kh, kw, i, o = shape
+    return (o, i, kh, kw)
+  if kind == "linear":
+    return tuple(reversed(shape))
+  return tuple(shape)
+
+
+def _flatten(tree, path=()) -> Iterable[tuple[tuple[str, ...], Any]]:
+  if isinstance(tree, dict) or hasattr(tree, "items"):
+    for k in sorted(tree):
+      yield from _flatten(tree[k], path + (k,))
+  else:
+    yield path, tree
+
+
+def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
+  out: dict = {}
+  for path, value in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = value
+  return out
+
+
+def abstract_params(module: AutoencoderKL) -> dict:
+  """The parameter shapes of ``module`` (no compute)."""
+  side = 2 * module.downsampling
+  x = jax.ShapeDtypeStruct((1, side, side, module.in_channels), jnp.float32)
+  variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+  return nn.meta.unbox(variables["params"])
+
+
+def _canonical(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Deprecated attention names renamed to the current ones."""
+  out = {}
+  for name, value in tensors.items():
+    m = re.match(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$", name)
+    new = f"{m.group(1)}{_LEGACY_ATTENTION[m.group(2)]}.{m.group(3)}" if m else name
+    if new in out:
+      raise WeightImportError(f"tensor {name!r} duplicates {new!r} (old and new attention "
+                              f"names in one file)")
+    out[new] = value
+  return out
+
+
+def from_diffusers(tensors: dict[str, np.ndarray], module: AutoencoderKL, source: str = "") -> dict:
+  """Flax parameters of ``module`` from diffusers-named tensors, strictly.
+
+  Raises:
+    WeightImportError: tensors the network has no place for, parameters the file lacks, or
+      shapes that differ; every offending name is listed (in diffusers' names).
+  """
+  where = f"{source}: " if source else ""
+  tensors = _canonical(tensors)
+  expected = {}
+  for path, leaf in _flatten(abstract_params(module)):
+    name, kind = diffusers_name(path)
+    expected[name] = (path, kind, tuple(leaf.shape))
+  missing = sorted(set(expected) - set(tensors))
+  unexpected = sorted(set(tensors) - set(expected))
+  wrong = []
+  for name in sorted(set(expected) & set(tensors)):
+    _, kind, shape = expected[name]
+    want = _torch_shape(shape, kind)
+    if tuple(tensors[name].shape) != want:
+      wrong.append(f"{name!r} has shape {tuple(tensors[name].shape)}, the network expects {want}")
+  if missing or unexpected or wrong:
+    problems = []
+    if missing:
+      problems.append(f"missing tensor(s) {_names(missing)}")
+    if unexpected:
+      problems.append(f"unexpected tensor(s) {_names(unexpected)}")
+    if wrong:
+      problems.append("wrong shape(s): " + "; ".join(wrong[:10]) +
+                      (f"; and {len(wrong) - 10} more" if len(wrong) > 10 else ""))
+    raise WeightImportError(
+        f"{where}the weights do not fit {describe(module)}: " + " | ".join(problems))
+  return _unflatten({path: _to_flax(tensors[name], kind).astype(np.float32)
+                     for name, (path, kind, _) in expected.items()})
+
+
+def describe(module: AutoencoderKL) -> str:
+  a = architecture(module)
+  return (f"AutoencoderKL(block_out_channels={tuple(a['block_out_channels'])}, "
+          f"layers_per_block={a['layers_per_block']}, latent_channels={a['latent_channels']}, "
+          f"quant_conv={a['use_quant_conv']}, post_quant_conv={a['use_post_quant_conv']})")
+
+
+# --- identity ---------------------------------------------------------------------------------
+def params_sha256(params) -> str:
+  """SHA-256 of a parameter tree (names, shapes and float32 bytes, in sorted order)."""
+  h = hashlib.sha256()
+  for path, leaf in _flatten(params):
+    arr = np.ascontiguousarray(np.asarray(leaf, np.float32))
+    h.update("/".join(path).encode())
+    h.update(str(arr.shape).encode())
+    h.update(arr.tobytes())
+  return h.hexdigest()
+
+
+def fingerprint(module: AutoencoderKL, params_hash: str) -> str:
+  """What identifies an autoencoder: its architecture and its parameters' SHA-256."""
+  blob = json.dumps({"architecture": architecture(module), "params_sha256": params_hash},
+                    sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --- .npz files (cache and diffjax's own) -----------------------------------------------------
+def save_npz(path, params, module: AutoencoderKL, **info) -> dict[str, Any]:
+  """Writes ``params`` of ``module`` with their identity; returns the identity record."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  flat = {"/".join(p): np.asarray(v, np.float32) for p, v in _flatten(params)}
+  record = {"format": FORMAT, "architecture": architecture(module),
+            "normalization": normalization(module), "params_sha256": params_sha256(params),
+            **info}
+  record["fingerprint"] = fingerprint(module, record["params_sha256"])
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, __info__=np.array(json.dumps(record, sort_keys=True)), **flat)
+  tmp.replace(path)
+  return record
+
+
+def read_npz_info(path) -> dict[str, Any]:
+  """The identity record of a diffjax autoencoder ``.npz`` (no parameters read)."""
+  try:
+    with np.load(path) as f:
+      if "__info__" not in f.files:
+        raise WeightImportError(f"{path}: not a diffjax autoencoder file (no __info__ entry)")
+      return json.loads(str(f["__info__"]))
+  except (OSError, ValueError) as e:
+    if isinstance(e, WeightImportError):
+      raise
+    raise WeightImportError(f"{path}: unreadable autoencoder file ({e})") from None
+
+
+def load_npz(path, module: AutoencoderKL) -> tuple[dict, dict[str, Any]]:
+  """``(params, identity record)`` of a diffjax autoencoder ``.npz``, checked strictly
+  against ``module`` (architecture, every parameter name and shape)."""
+  info = read_npz_info(path)
+  if info.get("architecture") != architecture(module):
+    diffs = [f"{k}: file has {info.get('architecture', {}).get(k)!r}, the config "
+             f"{v!r}" for k, v in architecture(module).items()
+             if info.get("architecture", {}).get(k) != v]
+    raise WeightImportError(f"{path} holds another autoencoder architecture: " +
+                            "; ".join(diffs))
+  expected = {"/".join(p): tuple(v.shape) for p, v in _flatten(abstract_params(module))}
+  with np.load(path) as f:
+    got = {k: f[k] for k in f.files if k != "__info__"}
+  missing = sorted(set(expected) - set(got))
+  unexpected = sorted(set(got) - set(expected))
+  wrong = [f"{k!r} has shape {got[k].shape}, the network expects {expected[k]}"
+           for k in sorted(set(expected) & set(got)) if tuple(got[k].shape) != expected[k]]
+  if missing or unexpected or wrong:
+    raise WeightImportError(f"{path}: missing {_names(missing)}; unexpected "
+                            f"{_names(unexpected)}; " + "; ".join(wrong[:10]))
+  params = _unflatten({tuple(k.split("/")): v.astype(np.float32) for k, v in got.items()})
+  if params_sha256(params) != info["params_sha256"]:
+    raise WeightImportError(f"{path}: its parameters do not hash to the SHA-256 it records "
+                            f"(damaged file)")
+  return params, info
+
+
+def cache_path(source_sha256: str, cache_dir=None) -> pathlib.Path:
+  return pathlib.Path(cache_dir or default_cache_dir()) / f"vae_{source_sha256[:20]}.npz"
+
+
+def import_safetensors(source, module: AutoencoderKL, *, cache_dir=None,
+                       use_cache: bool = True) -> tuple[dict, dict[str, Any]]:
+  """``(params, identity record)`` of a diffusers ``.safetensors`` file for ``module``,
+  converted once and then read from the cache (matched on the source's SHA-256 and the
+  architecture)."""
+  source = pathlib.Path(source)
+  read_header(source)  # a damaged file is named before it is hashed or cached
+  source_sha = sha256_file(source)
+  target = cache_path(source_sha, cache_dir)
+  if use_cache and target.exists():
+    try:
+      params, info = load_npz(target, module)
+      if info.get("source_sha256") == source_sha:
+        return params, info
+    except WeightImportError:
+      pass  # converted for another architecture or damaged: convert again
+  params = from_diffusers(read_safetensors(source), module, str(source))
+  info = {"source": str(source.absolute()), "source_sha256": source_sha}
+  if use_cache:
+    try:
+      info = save_npz(target, params, module, **info)
+    except OSError:  # a read-only cache folder must not stop the import
+      info = {**info, "params_sha256": params_sha256(params)}
+  else:
+    info = {**info, "params_sha256": params_sha256(params)}
+  info.setdefault("fingerprint", fingerprint(module, info["params_sha256"]))
+  return params, info
+
+
+def load_weights(path, module: AutoencoderKL, *, cache_dir=None) -> tuple[dict, dict[str, Any]]:
+  """``(params, identity record)`` from a diffusers ``.safetensors`` file or a diffjax
+  ``.npz``; the record holds ``fingerprint`` and ``params_sha256``."""
+  path = pathlib.Path(path)
+  if path.suffix == ".safetensors":
+    return import_safetensors(path, module, cache_dir=cache_dir)
+  if path.suffix == ".npz":
+    if not path.is_file():
+      raise WeightImportError(f"{path}: no such file")
+    return load_npz(path, module)
+  raise WeightImportError(f"{path}: autoencoder weights must be a diffusers .safetensors file "
+                          f"or a diffjax .npz, got {path.suffix or 'no suffix'!r}")
+
+
+def weights_fingerprint(path, module: AutoencoderKL, *, cache_dir=None) -> str:
+  """The `fingerprint` of the autoencoder ``path`` holds, read from its record where it has
+  one (diffjax ``.npz`` files, converted caches) instead of hashing the parameters again."""
+  path = pathlib.Path(path)
+  if path.suffix == ".npz" and path.is_file():
+    info = read_npz_info(path)
+    if info.get("architecture") == architecture(module):
+      return info["fingerprint"]
+  return load_weights(path, module, cache_dir=cache_dir)[1]["fingerprint"]
+
+
+# --- diffusers config.json --------------------------------------------------------------------
+def config_from_diffusers(config: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
+  """`AutoencoderKL` keyword arguments of a diffusers ``AutoencoderKL`` ``config.json``.
+
+  Raises:
+    WeightImportError: a configuration this network does not implement (another activation,
+      block type or normalisation).
+  """
+  if not isinstance(config, dict):
+    config = json.loads(pathlib.Path(config).read_text())
+  if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+    raise WeightImportError(f"not an AutoencoderKL config: _class_name "
+                            f"{config.get('_class_name')!r}")
+  problems = []
+  if config.get("act_fn", "silu") != "silu":
+    problems.append(f"act_fn {config['act_fn']!r} (only silu)")
+  for key, want in (("down_block_types", "DownEncoderBlock2D"),
+                    ("up_block_types", "UpDecoderBlock2D")):
+    if any(t != want for t in config.get(key, [want])):
+      problems.append(f"{key} {config[key]} (only {want})")
+  if problems:
+    raise WeightImportError("unsupported AutoencoderKL configuration: " + "; ".join(problems))
+  out = {"in_channels": config.get("in_channels", 3),
+         "out_channels": config.get("out_channels", 3),
+         "block_out_channels": tuple(config.get("block_out_channels", (64,))),
+         "layers_per_block": config.get("layers_per_block", 1),
+         "latent_channels": config.get("latent_channels", 4),
+         "norm_num_groups": config.get("norm_num_groups", 32),
+         "use_quant_conv": bool(config.get("use_quant_conv", True)),
+         "use_post_quant_conv": bool(config.get("use_post_quant_conv", True)),
+         "mid_block_add_attention": bool(config.get("mid_block_add_attention", True)),
+         "scaling_factor": float(config.get("scaling_factor", 0.18215)),
+         "shift_factor": float(config.get("shift_factor") or 0.0)}
+  for key in ("latents_mean", "latents_std"):
+    if config.get(key) is not None:
+      out[key] = tuple(float(v) for v in config[key])
+  return out
+
+
+def main(argv):
+  from absl import flags
+
+  from diffjax.models.registry import AUTOENCODERS
+  del argv
+  f = flags.FLAGS
+  kwargs = config_from_diffusers(f.config) if f.config else {}
+  module = AUTOENCODERS.build(f.variant, **kwargs)
+  params, info = import_safetensors(f.source, module, cache_dir=f.cache_dir)
+  n = sum(int(np.size(v)) for v in jax.tree.leaves(params))
+  print(f"{f.source}: {n / 1e6:.2f}M parameters imported; cached in "
+        f"{cache_path(info['source_sha256'], f.cache_dir)}; fingerprint {info['fingerprint']}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("source", None, "diffusers .safetensors file of an AutoencoderKL")
+  flags.DEFINE_string("variant", "sd-vae", "autoencoder variant (diffjax.models.registry)")
+  flags.DEFINE_string("config", None, "diffusers config.json (overrides the variant's fields)")
+  flags.DEFINE_string("cache_dir", None, "cache folder (default ~/.cache/diffjax)")
+  flags.mark_flags_as_required(["source"])
+  app.run(main)
