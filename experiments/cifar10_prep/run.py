@@ -47,11 +47,13 @@ def main():
   if data.exists():
     shutil.rmtree(data)  # a fresh preparation, so the timing covers every stage
 
+  load_before = os.getloadavg()
   start = time.time()
   out = run([sys.executable, "launch.py", "--mode=prep", "--config=configs/prep_cifar10.py",
              f"--workdir={data}", f"--config.source.path={args.archive}",
              f"--config.runner.num_workers={args.workers}"])
   prep_wall = time.time() - start
+  load_after = os.getloadavg()
   print(out)
   for name in ("DATACARD.md", "manifest.json", "examples.png", "rejected.png", "faces.png"):
     shutil.copy(data / name, HERE / name)
@@ -104,7 +106,10 @@ def main():
       f"- Licences: {manifest['provenance']['licences']} (the archive gives no per-image "
       f"licence; the card says so).",
       f"- Preparation wall clock {prep_wall:.1f} s for the launch.py process (pipeline alone "
-      f"{t['wall_s']} s): **{c['inputs'] / prep_wall:.0f} images/s end to end**.",
+      f"{t['wall_s']} s): **{c['inputs'] / prep_wall:.0f} images/s end to end**; 1-minute "
+      f"load average {load_before[0]:.1f} before and {load_after[0]:.1f} after on "
+      f"{os.cpu_count()} cores (above the 2 workers' own load, other processes shared the "
+      f"machine and the timing is slower than an idle machine's).",
       f"- Re-run on the same input: {rerun_wall:.1f} s, shards written "
       f"{again['changes']['shards_written']}, unchanged {again['changes']['shards_unchanged']}.",
       "", "Time by stage (busy seconds summed over workers; per-worker rate):", "",
