@@ -14,7 +14,6 @@ of each of 40 people, same session and background) are reported apart as hard ne
 from __future__ import annotations
 
 import io
-import math
 import pathlib
 import sys
 import time

@@ -88,7 +88,6 @@ def main():
                            max_pixels=10**8)[0]
     face_hits[ident] = any(_iou(box, b) > 0.3 for b in det.detect(img))
   clutter = [i for i in truth.faces if "clutter" in i]
-  intl = [i for i, s in truth.pii.items() if i in kept]
   lines = [
       "# Preparation on the planted dirty dataset (measured)", "",
       f"`python experiments/prep_planted/run.py`: {manifest['counts']['inputs']} files built "
