@@ -28,8 +28,8 @@ from diffjax import overrides  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]")
 flags.DEFINE_string("workdir", None, "run folder: checkpoints, logs, samples (resumes if present); "
                     "with --mode prep, the prepared dataset's folder")
-flags.DEFINE_enum("mode", "train",
-                  ["train", "sample", "eval", "ref_stats", "estimate", "prep"], "job to run")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "ref_stats", "estimate", "prep",
+                                    "encode"], "job to run")
 flags.DEFINE_bool("sweep", False, "run every point of the config file's get_sweep()")
 flags.DEFINE_bool("dry_run", False, "with --sweep: print one command per point, run nothing")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],

@@ -143,6 +143,35 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh.dcn_fsdp = 1
   # Parameter sharding: data_parallel | fsdp | fsdp_tensor (see diffjax/parallel/rules.py).
   c.mesh.rules = "data_parallel"
+
+  # Latent diffusion: the autoencoder of the experiment (diffjax.methods.autoencoder). The
+  # diffusion method freezes it and trains on its normalised latents (sampling decodes); the
+  # autoencoder method trains it; --mode encode writes its latents. "" = pixel space.
+  c.latent = ml_collections.ConfigDict()
+  c.latent.autoencoder = ""  # variant (diffjax.models.registry.AUTOENCODERS), e.g. sd-vae
+  c.latent.kwargs = ml_collections.ConfigDict()  # field overrides (scaling_factor, ...)
+  c.latent.weights = ""  # diffusers .safetensors or diffjax .npz (--mode encode writes one)
+  c.latent.cache_dir = ""  # converted .safetensors files ("" = ~/.cache/diffjax)
+  c.latent.dtype = "float32"  # compute dtype: float32 | bfloat16
+  c.latent.sample_posterior = True  # encoding in the update: z ~ q(z|x) (False: its mean)
+  c.latent.channel_stats = False  # normalise with the latent dataset's per-channel mean/std
+  c.latent.chunk = 0  # encode / decode this many images at a time (0 = the whole batch)
+
+  # --mode encode: latents of the data's splits as ArrayRecord shards with a manifest
+  # (diffjax/jobs/encode.py); with the autoencoder method, reconstruction metrics too.
+  c.encode = ml_collections.ConfigDict()
+  c.encode.output = ""  # folder of the latents ("" = <workdir>/latents)
+  c.encode.splits = ""  # comma-separated ("" = data.split and eval.ref_split)
+  c.encode.flip = False  # also encode horizontally flipped copies (data.random_flip reads them)
+  c.encode.batch_size = 64  # images per device call
+  c.encode.shard_size = 10_000  # images per shard
+  c.encode.dtype = "float16"  # storage of the posterior moments: float16 | float32
+  c.encode.max_images = 0  # per split (0 = all)
+  c.encode.tile = 0  # encode tiles of this side, blended (0 = whole images)
+  c.encode.eval_split = ""  # split whose reconstructions are scored (PSNR, SSIM, rFID)
+  c.encode.eval_num = 1000  # images scored
+  c.encode.eval_fid = True  # rFID with eval.feature_net (needs its weights)
+  c.encode.inject_kill_after_shards = 0  # fault injection (tests): die mid-way through a shard
   return c
 
 

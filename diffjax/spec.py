@@ -20,7 +20,7 @@ from diffjax.parallel.rules import RULE_SETS
 
 __all__ = ["ConfigError", "FieldChecker"]  # re-exported: jobs catch ConfigError from here
 
-DATA_SOURCES = ("digits", "tfds", "array_record")
+DATA_SOURCES = ("digits", "tfds", "array_record", "latents")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
@@ -53,9 +53,15 @@ class DataSpec:
   batch_size: int
   num_workers: int
   prefetch: int = 1
+  latents: Any = None  # source=latents: the dataset's diffjax.data.latents.LatentDataInfo
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
+    """Shape of a batch's ``image`` entry: the images, or a latent dataset's latents."""
+    return self.latents.latent_shape if self.latents is not None else self.pixel_shape
+
+  @property
+  def pixel_shape(self) -> tuple[int, int, int]:
     return (self.image_size, self.image_size, self.channels)
 
   @classmethod
@@ -66,6 +72,13 @@ class DataSpec:
                  "source=tfds needs a TFDS dataset name, e.g. 'cifar10'")
     if d.source == "array_record":
       ck.require(bool(d.path), "data.path", "source=array_record needs a file, glob or folder")
+    latent_info = None
+    if d.source == "latents" and ck.require(bool(d.path), "data.path",
+                                            "source=latents needs the folder --mode encode wrote"):
+      from diffjax.data.latents import dataset_info  # the manifest, checked before any compute
+      latent_info = ck.attempt("data.path", lambda: dataset_info(
+          d.path, d.split, image_size=d.image_size, channels=d.channels,
+          random_flip=bool(d.random_flip)))
     ck.positive_int(d.image_size, "data.image_size")
     ck.require(d.channels in (1, 3), "data.channels", f"must be 1 or 3, got {d.channels!r}")
     ck.positive_int(d.num_classes, "data.num_classes", minimum=0)
@@ -76,7 +89,7 @@ class DataSpec:
                  f"{d.batch_size} is not divisible by the {num_processes} processes")
     return cls(d.source, d.name, d.split, d.data_dir, d.path, d.image_key, d.label_key,
                d.image_size, d.channels, d.num_classes, bool(d.random_flip), d.batch_size,
-               d.num_workers, d.get("prefetch", 1))
+               d.num_workers, d.get("prefetch", 1), latent_info)
 
 
 @dataclasses.dataclass(frozen=True)

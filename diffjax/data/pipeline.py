@@ -19,6 +19,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from diffjax.data import latents
+
 
 @dataclasses.dataclass(frozen=True)
 class PipelineOptions:
@@ -63,7 +65,10 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess(example: dict[str, Any], rng: np.random.Generator, *, image_size: int,
                channels: int, random_flip: bool) -> dict[str, np.ndarray]:
-  """uint8 image -> float32 [H, W, C] in [-1, 1]; label -> int32."""
+  """uint8 image -> float32 [H, W, C] in [-1, 1]; label -> int32. Examples of a latent
+  dataset become latents (`diffjax.data.latents.preprocess`)."""
+  if "latent" in example:
+    return latents.preprocess(example, rng, random_flip=random_flip)
   image = center_crop_resize(_to_channels(np.asarray(example["image"]), channels), image_size)
   if random_flip and rng.random() < 0.5:
     image = image[:, ::-1]
@@ -177,7 +182,10 @@ def make_dataset(source, options: PipelineOptions, *, process_index: int = 0,
 def iterate_once(source, options: PipelineOptions, *, process_index: int = 0,
                  process_count: int = 1):
   """One ordered pass over this process's shard in batches (the last batch may be short);
-  for evaluation and statistics, not training."""
+  for evaluation and statistics, not training: a latent dataset's images are read instead of
+  its latents."""
+  if hasattr(source, "pixel_source"):
+    source = source.pixel_source()
   ds = grain.MapDataset.source(source)
   if process_count > 1:
     ds = ds[process_index::process_count]

@@ -4,6 +4,7 @@
 * `ArraySource`: in-memory arrays (scikit-learn's 8x8 digits ship inside the package).
 * `TFDSSource`: any TFDS image dataset through ``tfds.data_source`` (ArrayRecord, no TF).
 * `ArrayRecordSource`: shards written by `diffjax.data.convert` or the preparation pipeline.
+* `diffjax.data.latents.LatentSource`: autoencoder latents written by ``--mode encode``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from diffjax.data.records import decode_record
 from diffjax.faults import DataError
 
-SOURCE_KINDS = ("digits", "tfds", "array_record")
+SOURCE_KINDS = ("digits", "tfds", "array_record", "latents")
 
 
 class ArraySource:
@@ -166,4 +167,7 @@ def make_source(kind: str, *, name: str = "", split: str = "train", data_dir: st
     return TFDSSource(name, split, data_dir, image_key, label_key)
   if kind == "array_record":
     return ArrayRecordSource(path)
+  if kind == "latents":
+    from diffjax.data.latents import LatentSource
+    return LatentSource(path, split, open_pixels=make_source)
   raise ValueError(f"unknown data source {kind!r}; allowed: {', '.join(SOURCE_KINDS)}")

@@ -1,6 +1,6 @@
 """The jobs `launch.py` runs, one module each (train, sample, evaluate, ref_stats, estimate,
-sweep, prep) over the shared run set-up in `diffjax.jobs.common`; no job imports another.
-This module is what `launch.py` calls: the job table, distributed start-up and sweeps."""
+sweep, prep, encode) over the shared run set-up in `diffjax.jobs.common`; no job imports
+another. This module is what `launch.py` calls: the job table, distributed start-up and sweeps."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def _job(module: str, function: str) -> Callable:
 
 JOBS = {"prep": _job("prep", "prepare"), "train": _job("train", "train"),
         "sample": _job("sample", "sample"), "eval": _job("evaluate", "evaluate"),
-        "ref_stats": _job("ref_stats", "ref_stats"), "estimate": _job("estimate", "estimate")}
+        "ref_stats": _job("ref_stats", "ref_stats"), "estimate": _job("estimate", "estimate"),
+        "encode": _job("encode", "encode")}
 
 
 def run(mode: str, config, workdir: str):

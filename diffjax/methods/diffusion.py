@@ -6,6 +6,12 @@ loss weighting, time sampler), ``optim`` and the sampler fields of ``sample`` (`
 of `diffjax.diffusion.denoising_loss`; ``generate`` runs the configured sampler (with
 classifier-free guidance when ``sample.guidance_scale != 1``) on the denoiser the
 parameterisation makes of the network.
+
+Latent diffusion (Rombach et al. 2022): with ``latent.autoencoder`` set, a frozen autoencoder
+(role ``autoencoder``, `diffjax.methods.autoencoder.LatentAutoencoder`) maps the batch's images
+to normalised latents in the update (or normalises the raw latents of a pre-encoded dataset,
+``data.source=latents``), the denoiser is trained on those, and ``generate`` decodes its samples
+to pixels, so grids and evaluation see images as for a pixel-space model.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import optax
 from diffjax import diffusion
 from diffjax.diffusion import likelihood
 from diffjax.fields import FieldChecker
+from diffjax.methods.autoencoder import LatentAutoencoder
 from diffjax.methods.base import Method, MethodContext, Network
 from diffjax.methods.registry import register_method
 from diffjax.spec import DataSpec, ModelSpec, OptimSpec, items
@@ -124,9 +131,9 @@ def draw_noise(rng, shape, spec: DiffusionSpec):
   return t, jax.random.normal(rng_eps, shape, jnp.float32)
 
 
-def _check_network(module, data: DataSpec, conditional: bool) -> None:
-  """Traces the network on one example of the data's shape (no compute)."""
-  x = jax.ShapeDtypeStruct((1, *data.image_shape), jnp.float32)
+def _check_network(module, data: DataSpec, conditional: bool, shape=None) -> None:
+  """Traces the network on one example of the data's shape (or ``shape``; no compute)."""
+  x = jax.ShapeDtypeStruct((1, *(shape or data.image_shape)), jnp.float32)
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
   y = jax.ShapeDtypeStruct((1,), jnp.int32) if conditional else None
   try:
@@ -141,13 +148,20 @@ class DiffusionMethod(Method):
   """Denoising diffusion (DDPM, VP/VE, EDM, v-prediction, flow matching by configuration)."""
 
   def __init__(self, model: ModelSpec, diffusion_spec: DiffusionSpec, sampler: SamplerSpec,
-               optim: OptimSpec, data: DataSpec, *, grad_accum: int = 1):
+               optim: OptimSpec, data: DataSpec, *, grad_accum: int = 1,
+               latent: LatentAutoencoder | None = None):
     self.model, self.diffusion, self.sampler, self.optim = model, diffusion_spec, sampler, optim
     self.conditional, self.num_classes = model.conditional, data.num_classes
     self.image_shape = data.image_shape
     self.grad_accum = grad_accum
     self.module = model.build(data.num_classes)
     self.networks = {"denoiser": Network.trained(self.module, self._init, optim, ema=True)}
+    # Latent diffusion: the denoiser works on latents; generate() returns decoded pixels.
+    self.latent = latent
+    self.x_shape = self.image_shape  # what the denoiser sees
+    if latent is not None:
+      self.image_shape, self.x_shape = latent.pixel_shape, latent.latent_shape
+      self.networks["autoencoder"] = latent.network
 
   @classmethod
   def from_config(cls, config, ck: FieldChecker, ctx: MethodContext) -> "DiffusionMethod | None":
@@ -155,18 +169,20 @@ class DiffusionMethod(Method):
     diffusion_spec = DiffusionSpec.from_config(config.diffusion, ck)
     sampler = SamplerSpec.from_config(config.sample, ck, conditional=model.conditional)
     optim = OptimSpec.from_config(config.optim, ck, total_steps=ctx.train.num_steps)
+    latent = LatentAutoencoder.from_config(config, ck, ctx)
     if ck.errors:
       return None
     method = ck.attempt("model.name / model.kwargs", lambda: cls(
-        model, diffusion_spec, sampler, optim, ctx.data, grad_accum=ctx.train.grad_accum))
+        model, diffusion_spec, sampler, optim, ctx.data, grad_accum=ctx.train.grad_accum,
+        latent=latent))
     if method is not None and ctx.check_network:
-      ck.attempt("model.name / model.kwargs",
-                 lambda: _check_network(method.module, ctx.data, model.conditional))
+      ck.attempt("model.name / model.kwargs", lambda: _check_network(
+          method.module, ctx.data, model.conditional, method.x_shape))
     return method
 
   # --- networks -----------------------------------------------------------------------------
   def _init(self, rng):
-    x = jnp.zeros((1, *self.image_shape), jnp.float32)
+    x = jnp.zeros((1, *self.x_shape), jnp.float32)
     labels = jnp.zeros((1,), jnp.int32) if self.conditional else None
     return self.module.init({"params": rng, "dropout": rng}, x, jnp.zeros((1,)), labels)
 
@@ -184,6 +200,9 @@ class DiffusionMethod(Method):
 
   def update(self, state, batch, rng):
     net = state.nets["denoiser"]
+    if self.latent is not None:  # its own key: the denoising loss draws from rng as before
+      batch = {**batch, "image": self.latent.latents(state.nets["autoencoder"].params,
+                                                     batch["image"], jax.random.fold_in(rng, 1))}
     # Accumulated micro-batches take their slices of the whole batch's times and noise, so
     # the step equals one on the whole batch; dropout masks are drawn per micro-batch.
     noise = (draw_noise(rng, batch["image"].shape, self.diffusion) if self.grad_accum > 1
@@ -204,9 +223,11 @@ class DiffusionMethod(Method):
         kwargs.update(null_cond=self.num_classes, guidance_scale=s.guidance_scale)
     else:
       denoise = lambda x, t, _d=denoise: _d(x, t, None)
-    shape = (labels.shape[0], *self.image_shape)
-    return jnp.clip(diffusion.sample(denoise, self.diffusion.schedule, shape, rng, **kwargs),
-                    -1.0, 1.0)
+    shape = (labels.shape[0], *self.x_shape)
+    x = diffusion.sample(denoise, self.diffusion.schedule, shape, rng, **kwargs)
+    if self.latent is not None:
+      return self.latent.decode(variables["autoencoder"], x)
+    return jnp.clip(x, -1.0, 1.0)
 
   def sampling_info(self) -> dict[str, Any]:
     s = self.sampler
@@ -220,6 +241,8 @@ class DiffusionMethod(Method):
 
   # --- likelihood ---------------------------------------------------------------------------
   def likelihood_error(self, kind: str) -> str | None:
+    if self.latent is not None:
+      return "bits/dim of a latent diffusion model are not computed (they would be of latents)"
     if kind == "vlb" and self.diffusion.schedule.num_timesteps is None:
       return f"vlb needs a discrete schedule (e.g. linear), not {self.diffusion.schedule.name!r}"
     return None if kind in ("ode", "vlb") else f"unknown likelihood {kind!r}; allowed: ode, vlb"

@@ -479,3 +479,90 @@ def normalization(module: AutoencoderKL) -> dict[str, Any]:
   return {"scaling_factor": module.scaling_factor, "shift_factor": module.shift_factor,
           "latents_mean": None if module.latents_mean is None else list(module.latents_mean),
           "latents_std": None if module.latents_std is None else list(module.latents_std)}
+
+
+# --- networks that train an autoencoder ---------------------------------------------------------
+class PatchDiscriminator(nn.Module):
+  """PatchGAN discriminator (Isola et al. 2017) as the latent-diffusion autoencoders use it
+  (taming-transformers' ``NLayerDiscriminator``): 4x4 convolutions, stride 2 for the first
+  ``num_layers``, LeakyReLU(0.2), widths doubling to at most 8x ``channels``, one logit per
+  patch. GroupNorm replaces the reference's batch normalisation (no running statistics; the
+  logits of an example do not depend on the rest of its batch).
+
+  Returns logits float32 [B, h, w, 1].
+  """
+
+  channels: int = 64
+  num_layers: int = 3
+  norm_groups: int = 32
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    pad = ((1, 1), (1, 1))
+    h = layers.Conv(self.channels, kernel_size=4, strides=2, padding=pad, name="conv_0",
+                    **kw)(x.astype(self.dtype))
+    h = nn.leaky_relu(h, 0.2)
+    width = self.channels
+    for i in range(1, self.num_layers + 1):
+      width = self.channels * min(2 ** i, 8)
+      stride = 2 if i < self.num_layers else 1
+      h = layers.Conv(width, kernel_size=4, strides=stride, padding=pad, name=f"conv_{i}",
+                      **kw)(h)
+      h = layers.GroupNorm(self.norm_groups, 1e-5, name=f"norm_{i}", **kw)(h)
+      h = nn.leaky_relu(h, 0.2)
+    out = layers.Conv(1, kernel_size=4, padding=pad, name="conv_out", **kw)(h)
+    return out.astype(jnp.float32)
+
+
+class ConvStack(nn.Module):
+  """A feed-forward feature network described by data (`diffjax.models.vae_weights`'s feature
+  files): perceptual losses take any such network, e.g. VGG's or the FID Inception's first
+  layers. Images in [-1, 1] are mapped to the network's input range and channels first.
+
+  Attributes:
+    ops: ``("conv", name, kernel, stride, padding, relu)``, ``("maxpool", window, stride)``,
+      ``("avgpool", window, stride)`` or ``("tap",)`` (a feature map the loss compares).
+    in_channels: channels of the first convolution (grey images are repeated to it).
+    input_size: resize images to this side first (bilinear; 0 keeps their size).
+    mean, std: per-channel normalisation of images in [0, 1] before the first layer.
+
+  Returns the list of tapped feature maps, float32.
+  """
+
+  ops: tuple[tuple[Any, ...], ...]
+  in_channels: int = 3
+  input_size: int = 0
+  mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+  std: tuple[float, ...] = (0.5, 0.5, 0.5)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    if x.shape[-1] != self.in_channels:
+      x = jnp.repeat(x, self.in_channels // x.shape[-1], axis=-1)
+    if self.input_size and x.shape[1:3] != (self.input_size, self.input_size):
+      x = jax.image.resize(x, (x.shape[0], self.input_size, self.input_size, x.shape[-1]),
+                           "bilinear")
+    shape = (1, 1, 1, -1)
+    x = ((x + 1.0) / 2.0 - jnp.asarray(self.mean).reshape(shape)) / jnp.asarray(
+        self.std).reshape(shape)
+    h, taps = x.astype(self.dtype), []
+    for op in self.ops:
+      if op[0] == "conv":
+        _, name, features, kernel, stride, padding, relu = op
+        h = layers.Conv(features, kernel_size=kernel, strides=stride, padding=padding,
+                        name=name, dtype=self.dtype, param_dtype=self.param_dtype)(h)
+        h = nn.relu(h) if relu else h
+      elif op[0] in ("maxpool", "avgpool"):
+        pool = nn.max_pool if op[0] == "maxpool" else nn.avg_pool
+        h = pool(h, (op[1], op[1]), strides=(op[2], op[2]), padding="VALID")
+      elif op[0] == "tap":
+        taps.append(h.astype(jnp.float32))
+      else:
+        raise ValueError(f"unknown feature-network op {op[0]!r}")
+    return taps

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.models.autoencoder import AutoencoderKL, architecture, normalization
+from diffjax.models.autoencoder import AutoencoderKL, ConvStack, architecture, normalization
 
 FORMAT = "diffjax-autoencoder"  # the .npz files of this module
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
@@ -438,6 +438,90 @@ def config_from_diffusers(config: dict[str, Any] | str | os.PathLike) -> dict[st
     if config.get(key) is not None:
       out[key] = tuple(float(v) for v in config[key])
   return out
+
+
+# --- feature networks of perceptual losses ------------------------------------------------------
+FEATURE_FORMAT = "diffjax-feature-net"
+
+
+def save_feature_net(path, ops, arrays: dict[str, dict[str, np.ndarray]], *, in_channels: int,
+                     input_size: int = 0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                     source: str = "") -> pathlib.Path:
+  """Writes a `ConvStack` feature network: ``ops`` as its docstring describes them and, per
+  convolution name, ``{"kernel": [kh, kw, in, out], "bias": [out]}``."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  spec = {"format": FEATURE_FORMAT, "ops": [list(op) for op in ops], "in_channels": in_channels,
+          "input_size": input_size, "mean": list(mean), "std": list(std), "source": source}
+  flat = {f"{name}/{k}": np.asarray(v, np.float32) for name, d in arrays.items()
+          for k, v in d.items()}
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, __feature_net__=np.array(json.dumps(spec)), **flat)
+  tmp.replace(path)
+  return path
+
+
+def _op(op: list) -> tuple:
+  if op[0] == "conv":
+    name, features, kernel, stride, padding, relu = op[1:]
+    padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+    return ("conv", name, int(features), int(kernel), int(stride), padding, bool(relu))
+  return tuple(op)
+
+
+def load_feature_net(path) -> tuple[ConvStack, dict, dict[str, Any]]:
+  """``(module, params, info)`` of a feature-network file (`save_feature_net`), its arrays
+  checked against the network they describe; ``info["sha256"]`` is the file's hash."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise WeightImportError(f"feature network {path}: no such file")
+  try:
+    with np.load(path) as f:
+      spec = json.loads(str(f["__feature_net__"]))
+      arrays = {k: f[k] for k in f.files if k != "__feature_net__"}
+  except (OSError, KeyError, ValueError) as e:
+    raise WeightImportError(f"{path}: not a diffjax feature-network file ({e})") from None
+  module = ConvStack(tuple(_op(op) for op in spec["ops"]), spec["in_channels"],
+                     spec.get("input_size", 0), tuple(spec["mean"]), tuple(spec["std"]))
+  side = max(spec.get("input_size", 0), 64)
+  x = jax.ShapeDtypeStruct((1, side, side, spec["in_channels"]), jnp.float32)
+  expected = {"/".join(p[:-1] + (p[-1],)): tuple(v.shape) for p, v in _flatten(nn.meta.unbox(
+      jax.eval_shape(module.init, jax.random.PRNGKey(0), x)["params"]))}
+  got = {}
+  for key, value in arrays.items():
+    name, leaf = key.rsplit("/", 1)
+    got[f"{name}/conv/{leaf}"] = value
+  missing = sorted(set(expected) - set(got))
+  unexpected = sorted(set(got) - set(expected))
+  wrong = [f"{k!r} has shape {got[k].shape}, the network expects {expected[k]}"
+           for k in sorted(set(expected) & set(got)) if tuple(got[k].shape) != expected[k]]
+  if missing or unexpected or wrong:
+    raise WeightImportError(f"{path}: the arrays do not fit the ops it lists: missing "
+                            f"{_names(missing)}; unexpected {_names(unexpected)}; " +
+                            "; ".join(wrong[:10]))
+  params = _unflatten({tuple(k.split("/")): v.astype(np.float32) for k, v in got.items()})
+  return module, params, {"sha256": sha256_file(path), "source": spec.get("source", "")}
+
+
+def inception_stem(params: dict, *, eps: float = 1e-3):
+  """``(ops, arrays)`` of the FID Inception-v3's first five convolutions with their batch
+  normalisation folded in (``kernel * gamma / sqrt(var + eps)``, ``beta - mean * ...``) and
+  its two max pools, tapping the 64- and 192-channel maps; ``params`` as
+  ``diffjax.evaluation.inception_weights.load`` returns them. For `save_feature_net` with
+  ``mean = std = (0.5,) * 3`` (the network's [-1, 1] input)."""
+  convs = {"Conv2d_1a_3x3": (32, 3, 2, "VALID"), "Conv2d_2a_3x3": (32, 3, 1, "VALID"),
+           "Conv2d_2b_3x3": (64, 3, 1, ((1, 1), (1, 1))), "Conv2d_3b_1x1": (80, 1, 1, "VALID"),
+           "Conv2d_4a_3x3": (192, 3, 1, "VALID")}
+  arrays = {}
+  for name in convs:
+    p = params[name]
+    scale = np.asarray(p["gamma"]) / np.sqrt(np.asarray(p["var"]) + eps)
+    arrays[name] = {"kernel": np.asarray(p["kernel"]) * scale,
+                    "bias": np.asarray(p["beta"]) - np.asarray(p["mean"]) * scale}
+  conv = lambda name: ("conv", name, *convs[name], True)
+  ops = [conv("Conv2d_1a_3x3"), conv("Conv2d_2a_3x3"), conv("Conv2d_2b_3x3"), ("tap",),
+         ("maxpool", 3, 2), conv("Conv2d_3b_1x1"), conv("Conv2d_4a_3x3"), ("tap",)]
+  return ops, arrays
 
 
 def main(argv):
