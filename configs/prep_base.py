@@ -66,6 +66,11 @@ def get_prep_config() -> ml_collections.ConfigDict:
   c.dedup.min_similarity = 0.985
   c.dedup.num_bands = 12
   c.dedup.band_bits = 16
+  # Second rule, for natural photographs (re-crops, shifts, colour changes): perceptual hashes
+  # within max_hamming of 64 bits and thumbnail cosine >= hash_min_similarity. 0 = off: on
+  # low-variety data (Fashion-MNIST) distinct images of one silhouette share hashes.
+  c.dedup.max_hamming = 0
+  c.dedup.hash_min_similarity = 0.5
   c.dedup.split_priority = "test,validation,val,train"  # which copy is kept
 
   c.privacy = ml_collections.ConfigDict()

@@ -400,6 +400,23 @@ def test_similarity_feature_bands_and_keeper_rule():
   assert "(cross-split)" in drops["train/b"][1]
   kept, dropped = dedup.resolve([a, b, c], order)
   assert kept == c and set(dropped) == {a, b}
+  # The hash rule: a pair below the cosine threshold is a copy when its perceptual hashes are
+  # within max_hamming bits and its cosine is above the hash rule's floor.
+  x, y = rng.standard_normal(256), rng.standard_normal(256)
+  fx = np.round(x / np.abs(x).max() * 127).astype(np.int8).tobytes()
+  fy = np.round((x + 0.8 * y) / np.abs(x + 0.8 * y).max() * 127).astype(np.int8).tobytes()
+  p, q = dedup.HashKey("a", "train", fx, 0b1011), dedup.HashKey("b", "train", fy, 0b0001)
+  sim = checks.similarity(fx, fy)
+  assert 0.5 < sim < 0.9
+  assert not list(dedup.close_pairs([p, q], dedup.NearRule(0.9)))
+  assert [t[:2] for t in dedup.close_pairs([p, q], dedup.NearRule(0.9, 2, 0.5))] == [(p, q)]
+  assert not list(dedup.close_pairs([p, q], dedup.NearRule(0.9, 1, 0.5)))  # 2 bits apart
+  assert not list(dedup.close_pairs([p, q], dedup.NearRule(0.9, 2, sim + 0.01)))
+  # Hash bands: hashes within 3 bits always share one of the 4 16-bit bands.
+  for _ in range(200):
+    h = int(rng.integers(0, 2**63))
+    h2 = h ^ sum(1 << int(f) for f in rng.choice(64, 3, replace=False))
+    assert set(dedup.hash_band_keys(h)) & set(dedup.hash_band_keys(h2))
 
 
 def test_laplacian_variance_closed_form():

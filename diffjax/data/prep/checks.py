@@ -170,3 +170,32 @@ def similarity(a: bytes, b: bytes) -> float:
   y = np.frombuffer(b, np.int8).astype(np.float32)
   den = float(np.linalg.norm(x) * np.linalg.norm(y))
   return float(x @ y) / den if den else 0.0
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+  k = np.arange(n)[:, None]
+  m = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+  m[0] /= np.sqrt(2.0)
+  return m
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def perceptual_hash(image: np.ndarray) -> int:
+  """64-bit DCT perceptual hash: luma resized (Lanczos, antialiased) to 32x32, the 8x8
+  lowest-frequency DCT coefficients, one bit each for "above their median".
+
+  Tolerant of small shifts, re-crops and colour changes, which lower the thumbnail cosine of
+  `similarity_feature`; the antialiased resize keeps small images' resized copies within a few
+  bits (a box filter did not: 28 -> 25 pixels moved 6-10 bits).
+  """
+  g = Image.fromarray(grey(image))
+  small = np.asarray(g.resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=3.0), np.float64)
+  coeffs = (_DCT32 @ small @ _DCT32.T)[:8, :8].ravel()
+  bits = coeffs > np.median(coeffs[1:])
+  return int(np.packbits(bits).view(">u8")[0])
+
+
+def hamming(a: int, b: int) -> int:
+  return int(a ^ b).bit_count()

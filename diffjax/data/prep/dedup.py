@@ -2,13 +2,20 @@
 
 Exact duplicates share a pixel hash (grouped by key). Near duplicates are pairs whose
 similarity features (`checks.similarity_feature`, 16x16 antialiased thumbnails) have a cosine
-of at least ``min_similarity``. Comparing all pairs is quadratic, so candidates come from
-locality-sensitive hashing: ``num_bands`` bands of ``band_bits`` random-hyperplane signs each
-(SimHash). Two features at angle ``theta`` agree on one hyperplane with probability
-``1 - theta / pi``, on a whole band with that to the ``band_bits``, and share at least one band
-with probability `candidate_recall`; only images that share a band value are compared, and
-every candidate pair is verified on the exact cosine. Each band value is its own group, so the
-work spreads over as many workers as there are band values.
+of at least ``min_similarity`` (resized, re-encoded, brightened copies), or, when
+``max_hamming`` > 0, whose 64-bit perceptual hashes (`checks.perceptual_hash`) differ in at most
+``max_hamming`` bits while their cosine is at least ``hash_min_similarity`` (re-crops, shifts,
+colour changes of one photograph, which lower the cosine but keep the low frequencies).
+
+Comparing all pairs is quadratic, so candidates come from locality-sensitive hashing:
+``num_bands`` bands of ``band_bits`` random-hyperplane signs of the feature (SimHash). Two
+features at angle ``theta`` agree on one hyperplane with probability ``1 - theta / pi``, on a
+whole band with that to the ``band_bits``, and share at least one band with probability
+`candidate_recall`. The hash rule adds the perceptual hash cut into 4 bands of 16 bits: hashes
+within 3 bits always share one (pigeonhole), within 4 bits with probability 0.90. Only images
+that share a band value are compared, and every candidate pair is verified on the exact rule.
+Each band value is its own group, so the work spreads over as many workers as there are band
+values.
 
 The keeper rule is local, so no worker ever needs the whole pair graph: an image is dropped
 when it has a verified near copy that ranks before it (by split priority, test before train, so
@@ -33,10 +40,20 @@ _PLANES_SEED = 32  # fixed: band keys must agree across workers and runs
 _BLOCK = 2048  # rows per block when verifying a large bucket (bounds memory)
 
 
+HASH_BANDS = 4  # of 16 bits each
+
+
 class HashKey(NamedTuple):
   id: str
   split: str
   feature: bytes
+  phash: int = 0
+
+
+class NearRule(NamedTuple):
+  min_similarity: float = DEFAULT_MIN_SIMILARITY
+  max_hamming: int = 0  # 0: no hash rule
+  hash_min_similarity: float = 0.5
 
 
 def keeper_order(split_priority: tuple[str, ...]):
@@ -62,27 +79,39 @@ def band_keys(feature: bytes, num_bands: int, band_bits: int) -> list[tuple[int,
   return [(i, int(v)) for i, v in enumerate(values)]
 
 
+def hash_band_keys(phash: int) -> list[tuple[int, int]]:
+  """``(band index, value)`` of the perceptual hash in `HASH_BANDS` 16-bit slices (indices
+  after the feature's bands: ``-1 - i``)."""
+  return [(-1 - i, (phash >> (16 * i)) & 0xFFFF) for i in range(HASH_BANDS)]
+
+
 def candidate_recall(similarity: float, num_bands: int, band_bits: int) -> float:
   """Probability that two features with this cosine share at least one band."""
   agree = 1.0 - math.acos(max(-1.0, min(1.0, similarity))) / math.pi
   return 1.0 - (1.0 - agree ** band_bits) ** num_bands
 
 
-def close_pairs(keys: list[HashKey], min_similarity: float
+def close_pairs(keys: list[HashKey], rule: NearRule
                 ) -> Iterator[tuple[HashKey, HashKey, float]]:
-  """``(a, b, cosine)`` for every pair of ``keys`` (one bucket) at or above
-  ``min_similarity``, ``a`` before ``b`` by id."""
+  """``(a, b, cosine)`` for every pair of ``keys`` (one bucket) that `rule` calls near copies,
+  ``a`` before ``b`` by id."""
   keys = sorted(set(keys))
   if len(keys) < 2:
     return
   f = np.stack([np.frombuffer(k.feature, np.int8) for k in keys]).astype(np.float32)
   f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-9)
+  low = min(rule.min_similarity, rule.hash_min_similarity) if rule.max_hamming else \
+      rule.min_similarity
   for lo in range(0, len(keys) - 1, _BLOCK):
     sims = f[lo:lo + _BLOCK] @ f.T
-    rows, cols = np.nonzero(sims >= min_similarity)
+    rows, cols = np.nonzero(sims >= low)
     for i, j in zip(rows + lo, cols):
-      if j > i:
-        yield keys[i], keys[j], float(sims[i - lo, j])
+      if j <= i:
+        continue
+      sim = float(sims[i - lo, j])
+      if sim >= rule.min_similarity or (
+          rule.max_hamming and (keys[i].phash ^ keys[j].phash).bit_count() <= rule.max_hamming):
+        yield keys[i], keys[j], sim
 
 
 def drop_candidate(pair: tuple[HashKey, HashKey, float], order):
@@ -91,7 +120,8 @@ def drop_candidate(pair: tuple[HashKey, HashKey, float], order):
   a, b, sim = pair
   keep, drop = (a, b) if order(a) <= order(b) else (b, a)
   cross = " (cross-split)" if keep.split != drop.split else ""
-  return drop.id, (order(keep), f"of {keep.id}{cross}, similarity {sim:.3f}")
+  bits = (a.phash ^ b.phash).bit_count()
+  return drop.id, (order(keep), f"of {keep.id}{cross}, similarity {sim:.3f}, hash {bits} bits")
 
 
 def resolve(members: list, order) -> tuple[object, list]:

@@ -109,9 +109,11 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
     if spec.near_dedup:
       order = st.dedup.keeper_order(pri)
       near = (exact.kept
-              | "Bands" >> beam.FlatMap(st.band_items, spec.num_bands, spec.band_bits)
+              | "Bands" >> beam.FlatMap(st.band_items, spec.num_bands, spec.band_bits,
+                                        spec.max_hamming > 0)
               | "ByBand" >> beam.GroupByKey()
-              | "Pairs" >> beam.FlatMap(st.near_pairs, spec.min_similarity)
+              | "Pairs" >> beam.FlatMap(st.near_pairs, st.dedup.NearRule(
+                  spec.min_similarity, spec.max_hamming, spec.hash_min_similarity))
               | "DropCandidates" >> beam.Map(st.dedup.drop_candidate, order)
               | "Keeper" >> beam.CombinePerKey(st.keeper_of)
               | "NearDrops" >> beam.Map(st.near_drop))

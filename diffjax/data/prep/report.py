@@ -218,9 +218,12 @@ def dedup_summary(spec, metrics: dict) -> dict:
     return {"exact": spec.exact_dedup, "near": None}
   buckets = metrics.get("bucket_size_count", 0)
   return {"exact": spec.exact_dedup, "near": {
-      "rule": "cosine of 16x16 antialiased luma thumbnails >= min_similarity; an image is "
-              "dropped when a verified copy ranks before it (split priority, then id)",
-      "min_similarity": spec.min_similarity, "num_bands": spec.num_bands,
+      "rule": "cosine of 16x16 antialiased luma thumbnails >= min_similarity" + (
+          ", or 64-bit perceptual hashes within max_hamming bits with cosine >= "
+          "hash_min_similarity" if spec.max_hamming else "") + "; an image is dropped when a "
+          "verified copy ranks before it (split priority, then id)",
+      "min_similarity": spec.min_similarity, "max_hamming": spec.max_hamming,
+      "hash_min_similarity": spec.hash_min_similarity, "num_bands": spec.num_bands,
       "band_bits": spec.band_bits,
       "candidate_recall_at_threshold": round(candidate_recall(
           spec.min_similarity, spec.num_bands, spec.band_bits), 4),

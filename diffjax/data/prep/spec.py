@@ -49,6 +49,8 @@ class PrepSpec:
   min_similarity: float
   num_bands: int
   band_bits: int
+  max_hamming: int
+  hash_min_similarity: float
   split_priority: tuple[str, ...]
   faces: str
   face_model: str
@@ -129,6 +131,10 @@ def build_prep_spec(config) -> PrepSpec:
   for stat in _csv(f.outlier_stats):
     ck.one_of(stat, OUTLIER_STATS, "filters.outlier_stats")
   _number(ck, d.min_similarity, "dedup.min_similarity", 0.5, 1.0)
+  if ck.positive_int(d.max_hamming, "dedup.max_hamming", minimum=0):
+    ck.require(d.max_hamming <= 8, "dedup.max_hamming",
+               f"{d.max_hamming} of 64 bits would join unrelated images (use <= 8; 0 = off)")
+  _number(ck, d.hash_min_similarity, "dedup.hash_min_similarity", -1.0, 1.0)
   ck.positive_int(d.num_bands, "dedup.num_bands")
   if ck.positive_int(d.band_bits, "dedup.band_bits"):
     ck.require(d.band_bits <= 62, "dedup.band_bits", f"{d.band_bits} > 62 bits per band")
@@ -179,6 +185,7 @@ def build_prep_spec(config) -> PrepSpec:
       min_contrast=float(f.min_contrast), outlier_z=float(f.outlier_z),
       outlier_stats=_csv(f.outlier_stats), exact_dedup=bool(d.exact), near_dedup=bool(d.near),
       min_similarity=float(d.min_similarity), num_bands=d.num_bands, band_bits=d.band_bits,
+      max_hamming=d.max_hamming, hash_min_similarity=float(d.hash_min_similarity),
       split_priority=_csv(d.split_priority), faces=p.faces,
       face_model=p.face_model, face_score=float(p.face_score), face_min_side=p.face_min_side,
       face_margin=float(p.face_margin), face_second_pass=bool(p.face_second_pass),

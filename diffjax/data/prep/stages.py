@@ -185,7 +185,8 @@ class Measure(beam.DoFn):
         yield reject(ex, "filter", "blurry", f"sharpness {stats['sharpness']:.1f}", image)
         return
       yield {**ex, "stats": stats, "pixhash": checks.pixel_hash(image),
-             "feature": checks.similarity_feature(image)}
+             "feature": checks.similarity_feature(image),
+             "phash": checks.perceptual_hash(image)}
 
 
 def stat_values(ex, names):
@@ -213,7 +214,7 @@ class DropOutliers(beam.DoFn):
 
 
 def hash_key(ex) -> dedup.HashKey:
-  return dedup.HashKey(ex["id"], ex["split"], ex["feature"])
+  return dedup.HashKey(ex["id"], ex["split"], ex["feature"], ex["phash"])
 
 
 class ExactGroups(beam.DoFn):
@@ -235,19 +236,23 @@ def _dup_detail(dropped: dedup.HashKey, kept: dedup.HashKey) -> str:
   return f"of {kept.id}{cross}"
 
 
-def band_items(key: dedup.HashKey, num_bands: int, band_bits: int):
-  """``((band, value), key)`` for each LSH band of an image: one group per band value."""
+def band_items(key: dedup.HashKey, num_bands: int, band_bits: int, hash_bands: bool):
+  """``((band, value), key)`` for each LSH band of an image (and each perceptual-hash band when
+  the hash rule is on): one group per band value."""
   for band in dedup.band_keys(key.feature, num_bands, band_bits):
     yield band, key
+  if hash_bands:
+    for band in dedup.hash_band_keys(key.phash):
+      yield band, key
 
 
-def near_pairs(item, min_similarity: float):
+def near_pairs(item, rule: dedup.NearRule):
   """Verified near-duplicate pairs of one band bucket (its size goes into the report)."""
   _, keys = item
   keys = list(keys)
   Metrics.distribution("prep", "bucket_size").update(len(keys))
   Metrics.counter("prep", "near_compared").inc(len(keys) * (len(keys) - 1) // 2)
-  yield from dedup.close_pairs(keys, min_similarity)
+  yield from dedup.close_pairs(keys, rule)
 
 
 def keeper_of(candidates):
