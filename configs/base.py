@@ -75,7 +75,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"
   c.sample.num_steps = 50
-  c.sample.spacing = "uniform"
+  c.sample.spacing = "auto"  # the sampler's own time grid (diffusion.default_spacing)
   c.sample.options = ml_collections.ConfigDict()  # sampler options, e.g. eta, s_churn
   c.sample.guidance_scale = 1.0  # classifier-free guidance (1 = none)
   c.sample.num_images = 64  # images in a grid / in --mode sample

@@ -10,9 +10,18 @@ parameters as arguments, not closed-over constants).
 * ``"ddim"``: Song et al. 2021 with ``eta`` (eta=1 equals ``"ddpm"``).
 * ``"euler"``, ``"heun"``: Karras et al. 2022, Algorithm 2, on ``x / alpha`` against
   ``sigma / alpha``, with optional churn (``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``).
-* ``"dpmpp_2m"``: DPM-Solver++(2M) (Lu et al. 2022), multistep, data prediction.
+* ``"dpmpp_2m"``, ``"dpmpp_3m"``: DPM-Solver++ multistep (Lu et al. 2022), data prediction;
+  ``"dpmpp_2m_sde"``, ``"dpmpp_3m_sde"``: their stochastic variants (``eta``, ``s_noise``).
+* ``"unipc"``: UniPC (Zhao et al. 2023), predictor-corrector multistep of ``order`` 1-3 with
+  no extra evaluations.
+* ``"pc"``: Song et al. 2021's predictor-corrector (Langevin corrector, ancestral predictor).
+* ``"ode"``: the probability-flow ODE with an adaptive solver (diffrax Tsit5), ``rtol`` /
+  ``atol``; its number of evaluations is known only afterwards (``return_nfe``).
 * ``"flow_euler"``, ``"flow_heun"``: Euler/Heun in ``t`` on the velocity
-  ``alpha' x0_hat + sigma' eps_hat`` (flow matching / rectified flow samplers).
+  ``alpha' x0_hat + sigma' eps_hat`` (flow matching / rectified flow samplers; the flow schedule
+  only).
+
+Every sampler has a default time grid (``spacing="auto"``, `default_spacing`).
 
 When ``sigma(t_min) > 0`` the grid ends with one extra jump to clean data, taken as
 ``x0_hat`` (Tweedie's denoising step, as in EDM and score_sde).
@@ -31,7 +40,7 @@ from diffjax.diffusion.guidance import classifier_free_guidance
 from diffjax.diffusion.schedules import Schedule
 from diffjax.registry import Registry
 
-SPACINGS = ("uniform", "edm", "logsnr", "quadratic")
+SPACINGS = ("auto", "uniform", "edm", "logsnr", "quadratic")
 
 
 class TimeGrid(NamedTuple):
@@ -44,26 +53,39 @@ class TimeGrid(NamedTuple):
   clean_end: bool  # True when the last point is an appended jump to clean data.
 
 
+SIGMA_MAX, SIGMA_MIN = 80.0, 0.002  # EDM's noise range in sigma / alpha (Karras et al. 2022)
+
+
 def time_grid(schedule: Schedule, num_steps: int, spacing: str = "uniform", *,
               rho: float = 7.0, t_max: float | None = None,
-              t_min: float | None = None) -> TimeGrid:
+              t_min: float | None = None, sigma_max: float = SIGMA_MAX,
+              sigma_min: float = SIGMA_MIN) -> TimeGrid:
   """Builds the sampling time grid.
 
   Args:
     schedule: noise schedule.
     num_steps: number of steps (intervals) N >= 1.
-    spacing: ``"uniform"`` in t; ``"edm"``: rho-spaced in ``sigma / alpha`` (Karras et al.);
-      ``"logsnr"``: uniform in log-SNR; ``"quadratic"``: quadratic in t (Song et al., DDIM).
+    spacing: ``"uniform"`` in t; ``"quadratic"`` in t (Song et al., DDIM); two grids in noise
+      space that keep the noise level ``sigma / alpha`` within ``[sigma_min, sigma_max]``
+      whatever the schedule (a VP schedule's alpha(1) may be 0 or tiny, where a first step of
+      a million in ``sigma / alpha`` wrecks any solver): ``"edm"``, rho-spaced in
+      ``sigma / alpha`` (Karras et al.), and ``"logsnr"``, uniform in log-SNR (Lu et al.).
+      ``"auto"`` is not a grid: `sample` resolves it per sampler (`default_spacing`).
     rho: the EDM spacing exponent.
     t_max: first time (default ``schedule.t_max``).
     t_min: last noisy time (default ``schedule.t_min``).
+    sigma_max, sigma_min: the noise range of the ``"edm"`` and ``"logsnr"`` grids (EDM's 80 and
+      0.002), narrowed to the schedule's own where that is smaller.
 
   Returns:
     A `TimeGrid`. If ``sigma(t_min) == 0`` the N+1 points run from ``t_max`` to ``t_min``;
-    otherwise N points run from ``t_max`` to ``t_min`` and a clean point (alpha=1, sigma=0) ends
-    the grid.
+    otherwise (and always for the noise-space grids) N noisy points are followed by a clean
+    point (alpha=1, sigma=0).
   """
   _check_num_steps(num_steps)
+  if spacing == "auto":
+    raise ValueError("spacing='auto' depends on the sampler: resolve it with "
+                     "default_spacing(sampler, schedule)")
   if spacing not in SPACINGS:
     raise ValueError(f"unknown spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
   with jax.ensure_compile_time_eval():
@@ -71,7 +93,8 @@ def time_grid(schedule: Schedule, num_steps: int, spacing: str = "uniform", *,
     t_min = float(schedule.t_min if t_min is None else t_min)
     if not t_max > t_min:
       raise ValueError(f"time grid needs t_max > t_min, got t_max={t_max}, t_min={t_min}")
-    clean_end = bool(np.asarray(schedule.sigma(t_min)) > 0)
+    # The noise-space grids stop at sigma_min > 0 and end with a jump to clean data.
+    clean_end = spacing in ("edm", "logsnr") or bool(np.asarray(schedule.sigma(t_min)) > 0)
     n = num_steps if clean_end else num_steps + 1
     frac = np.linspace(0.0, 1.0, n)  # 0 at t_max, 1 at the last point
     if n == 1:
@@ -80,24 +103,18 @@ def time_grid(schedule: Schedule, num_steps: int, spacing: str = "uniform", *,
       ts = t_max + frac * (t_min - t_max)
     elif spacing == "quadratic":
       ts = t_min + (t_max - t_min) * (1.0 - frac) ** 2
-    elif spacing == "edm":
+    elif spacing == "edm":  # EDM's rho grid in sigma / alpha, clipped to its noise range
       s_hi, s_lo = (float(np.asarray(schedule.sigma_tilde(x))) for x in (t_max, t_min))
-      if not math.isfinite(s_hi):
-        raise ValueError(f"spacing='edm' needs sigma/alpha finite at t_max={t_max} (the "
-                         f"{schedule.name!r} schedule has alpha=0 there); pass a smaller t_max")
+      s_hi, s_lo = min(s_hi, sigma_max), max(s_lo, sigma_min)
       sig = (s_hi ** (1 / rho) + frac * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
       ts = np.asarray(schedule.t_from_sigma_tilde(jnp.asarray(sig, jnp.float32)), np.float64)
-    else:  # logsnr
-      end = t_min if clean_end else t_min + (t_max - t_min) / num_steps
-      l_hi, l_lo = (float(np.asarray(schedule.logsnr(x))) for x in (t_max, end))
-      if not (math.isfinite(l_hi) and math.isfinite(l_lo)):
-        raise ValueError(f"spacing='logsnr' needs a finite log-SNR at t_max={t_max}; "
-                         f"pass a smaller t_max")
-      n_noisy = n if clean_end else n - 1
-      lam = np.linspace(l_hi, l_lo, n_noisy)
+      t_max, t_min = ts[0], ts[-1]
+    else:  # logsnr, within the same noise range as "edm"
+      l_hi, l_lo = (float(np.asarray(schedule.logsnr(x))) for x in (t_max, t_min))
+      l_hi, l_lo = max(l_hi, -2.0 * math.log(sigma_max)), min(l_lo, -2.0 * math.log(sigma_min))
+      lam = np.linspace(l_hi, l_lo, n)
       ts = np.asarray(schedule.t_from_logsnr(jnp.asarray(lam, jnp.float32)), np.float64)
-      if not clean_end:
-        ts = np.concatenate([ts, [t_min]])
+      t_max, t_min = ts[0], ts[-1]
     ts = np.asarray(ts, np.float64)
     ts[0] = t_max
     ts[-1] = t_min
@@ -242,6 +259,179 @@ def _dpmpp_2m(denoise, schedule, grid, x, rng):
   return jax.lax.scan(step, init, _steps(grid, rng))[0][0]
 
 
+def _dpmpp_multistep(denoise, schedule, grid, x, rng, *, order: int, eta: float = 0.0,
+                     s_noise: float = 1.0):
+  """DPM-Solver++ multistep in data prediction (Lu et al. 2022), order 2 or 3, and its SDE
+  variant (``eta > 0``: the stochastic DPM-Solver++ of Lu et al., as k-diffusion's
+  ``dpmpp_2m_sde`` / ``dpmpp_3m_sde``).
+
+  Written on ``y = x / alpha`` against ``lambda = log(alpha / sigma)``, where the exact solution
+  of the probability-flow ODE is ``y_s = e^{-h} y_t + sigma_s/alpha_s int e^lambda D``; the
+  integral uses a polynomial in lambda through the last ``order`` data predictions (fewer at
+  the start, and only the first-order term on the final jump to clean data). With ``eta`` the
+  step leaves an ``eta``-dependent share of the noise in and draws it afresh.
+  """
+  if eta < 0:
+    raise ValueError(f"dpmpp eta must be >= 0, got {eta}")
+
+  def step(carry, p: _Step):
+    x, d1, d2, h1, h2 = carry  # the previous two predictions and steps
+    d = denoise(x, p.tc)
+    h = 0.5 * (p.ln - p.lc)  # step in lambda (infinite onto clean data)
+    he = h * (1.0 + eta)
+    y = x / p.ac
+    final = p.sn <= 0
+    decay = jnp.where(final, 0.0, jnp.exp(-he))
+    y_next = decay * y + (1.0 - decay) * d
+    phi2 = jnp.where(final, 0.0, jnp.expm1(-he) / he + 1.0)  # phi functions of -h_eta
+    phi3 = jnp.where(final, 0.0, phi2 / he - 0.5)
+    # The past steps' ratios; 1 where a step does not exist yet (its terms are masked out).
+    r0 = jnp.where(p.index > 0, h1 / h, 1.0)
+    first = (d - d1) / r0
+    if order == 2:  # k-diffusion's "midpoint" form: DPM-Solver++(2M) at eta = 0
+      y_next = y_next + jnp.where((p.index > 0) & ~final, 0.5 * (1.0 - decay) * first, 0.0)
+    else:
+      r1 = jnp.where(p.index > 1, h2 / h, 1.0)
+      second = (d1 - d2) / r1
+      dd1 = first + (first - second) * r0 / (r0 + r1)
+      dd2 = (first - second) / (r0 + r1)
+      y_next = y_next + jnp.where((p.index > 1) & ~final, phi2 * dd1 - phi3 * dd2,
+                                  jnp.where((p.index == 1) & ~final, phi2 * first, 0.0))
+    x_next = p.an * y_next
+    if eta > 0:
+      noise_scale = jnp.where(final, 0.0, p.sn * jnp.sqrt(-jnp.expm1(-2.0 * eta * h)))
+      x_next = x_next + s_noise * noise_scale * jax.random.normal(p.key, x.shape, x.dtype)
+    return (x_next, d, d1, h, h1), None
+
+  zero, inf = jnp.zeros_like(x), jnp.asarray(jnp.inf, x.dtype)
+  return jax.lax.scan(step, (x, zero, zero, inf, inf), _steps(grid, rng))[0][0]
+
+
+def _unipc(denoise, schedule, grid, x, rng, *, order: int = 2):
+  """UniPC (Zhao et al. 2023) in data prediction with the B(h) = e^h - 1 variant (bh2): the
+  UniP predictor of ``order`` from the last predictions, and the UniC corrector that reuses
+  the model evaluation of the next step (no extra evaluations; none after the last step).
+  Written on ``y = x / alpha`` against ``lambda = log(alpha / sigma)``."""
+  if order not in (1, 2, 3):
+    raise ValueError(f"unipc order must be 1, 2 or 3, got {order}")
+
+  def coefficients(hh, rks):
+    """(R, b) of the UniPC linear systems for ``rks`` (ratios of the past steps, then 1)."""
+    h_phi_1 = jnp.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1.0
+    b_h = jnp.expm1(hh)
+    rows, b, factorial = [], [], 1.0
+    for i in range(1, len(rks) + 1):
+      rows.append(jnp.stack([r ** (i - 1) for r in rks]))
+      b.append(h_phi_k * factorial / b_h)
+      factorial *= i + 1
+      h_phi_k = h_phi_k / hh - 1.0 / factorial
+    return jnp.stack(rows), jnp.stack(b), h_phi_1, b_h
+
+  def update(y, d0, hist_d, hist_l, l0, l_next, p_order, d_next=None):
+    """UniP (d_next None) or UniC (with the new prediction) from point l0 to l_next."""
+    h = l_next - l0
+    hh = -h
+    rks = [(hist_l[k] - l0) / h for k in range(p_order - 1)] + [jnp.asarray(1.0)]
+    diffs = [(hist_d[k] - d0) / rks[k] for k in range(p_order - 1)]
+    big_r, b, h_phi_1, b_h = coefficients(hh, rks)
+    base = jnp.exp(-h) * y - h_phi_1 * d0
+    if d_next is None:  # predictor
+      if p_order == 1:
+        return base
+      if p_order == 2:
+        rhos = jnp.array([0.5])
+      else:
+        rhos = jnp.linalg.solve(big_r[:-1, :-1], b[:-1])
+      return base - b_h * sum(rhos[k] * diffs[k] for k in range(p_order - 1))
+    if p_order == 1:
+      rhos = jnp.array([0.5])
+    else:
+      rhos = jnp.linalg.solve(big_r, b)
+    res = sum((rhos[k] * diffs[k] for k in range(p_order - 1)), jnp.zeros_like(y))
+    return base - b_h * (res + rhos[-1] * (d_next - d0))
+
+  n = grid.t.shape[0] - 1
+  lam = 0.5 * grid.logsnr  # lambda of every grid point
+  y = x / grid.alpha[0]
+  ds, ls = [], []  # predictions and lambdas, newest last (unrolled: the order changes)
+  y_prev = None
+  for i in range(n):
+    d = denoise(grid.alpha[i] * y, grid.t[i])
+    if i > 0:  # UniC: correct the previous step's result with the prediction made here
+      k = min(order, i)
+      y = update(y_prev, ds[-1], ds[-2::-1][:k - 1], ls[-2::-1][:k - 1], ls[-1], lam[i], k,
+                 d_next=d)
+    ds.append(d)
+    ls.append(lam[i])
+    if i == n - 1 and grid.clean_end:  # the jump to clean data: the prediction itself
+      return d
+    k = min(order, i + 1)
+    y_prev = y
+    y = update(y, d, ds[-2::-1][:k - 1], ls[-2::-1][:k - 1], lam[i], lam[i + 1], k)
+  return grid.alpha[-1] * y
+
+
+def _ode_adaptive(denoise, schedule, grid, x, rng, *, rtol: float = 1e-4, atol: float = 1e-4,
+                  max_steps: int = 4096):
+  """The probability-flow ODE solved adaptively (diffrax, Tsit5 with a PID step controller)
+  from the grid's first noise level to its last noisy one, then the jump to clean data.
+
+  Integrated on ``y = x / alpha`` against ``u = log(sigma / alpha)``, where the ODE reads
+  ``dy/du = y - D``: smooth over the whole noise range. Returns ``(x, nfe)``.
+  """
+  import diffrax  # only this sampler needs it
+  del rng
+  if not grid.clean_end:
+    raise ValueError("the 'ode' sampler needs a grid that ends at a noise level > 0 (spacing "
+                     "'edm' or 'logsnr')")
+  s_hi = grid.sigma[0] / grid.alpha[0]
+  s_lo = grid.sigma[-2] / grid.alpha[-2]
+
+  def vector_field(u, y, args):
+    del args
+    t = schedule.t_from_sigma_tilde(jnp.exp(u))
+    alpha = schedule.alpha_sigma(t)[0]
+    d = denoise(alpha * y, jnp.asarray(t, jnp.float32))
+    return y - d
+
+  solution = diffrax.diffeqsolve(
+      diffrax.ODETerm(vector_field), diffrax.Tsit5(), t0=jnp.log(s_hi), t1=jnp.log(s_lo),
+      dt0=None, y0=x / grid.alpha[0],
+      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps)
+  y = solution.ys[-1]
+  nfe = 1 + 6 * solution.stats["num_steps"]  # Tsit5: 6 new stages a step (first same as last)
+  return denoise(grid.alpha[-2] * y, grid.t[-2]), nfe + 1  # the jump to clean data
+
+
+def _predictor_corrector(denoise, schedule, grid, x, rng, *, snr: float = 0.16,
+                         corrector_steps: int = 1):
+  """Song et al. 2021's predictor-corrector: at each noise level ``corrector_steps`` Langevin
+  MCMC steps (step size from the signal-to-noise ratio ``snr``, as score_sde's
+  ``LangevinCorrector`` with its per-level factor taken as 1), then one ancestral
+  reverse-diffusion step (the ``ddpm`` sampler's)."""
+  if snr <= 0 or corrector_steps < 0:
+    raise ValueError(f"pc needs snr > 0 and corrector_steps >= 0, got {snr}, {corrector_steps}")
+
+  def langevin(x, key, p: _Step):
+    score = (p.ac * denoise(x, p.tc) - x) / p.sc**2
+    z = jax.random.normal(key, x.shape, x.dtype)
+    # score_sde takes the norms per image; over the whole batch here, which is the same for
+    # images (their norms concentrate) and stays stable for low-dimensional data.
+    eps = 2.0 * (snr * jnp.linalg.norm(z) / jnp.maximum(jnp.linalg.norm(score), 1e-20)) ** 2
+    return x + eps * score + jnp.sqrt(2.0 * eps) * z
+
+  def step(x, p: _Step):
+    keys = jax.random.split(p.key, corrector_steps + 1)
+    for k in range(corrector_steps):
+      x = langevin(x, keys[k], p)
+    d = denoise(x, p.tc)
+    coef_x, coef_d, var = posterior_coefficients(p.ac, p.sc, p.lc, p.an, p.sn, p.ln)
+    return coef_x * x + coef_d * d + jnp.sqrt(var) * jax.random.normal(keys[-1], x.shape), None
+
+  return jax.lax.scan(step, x, _steps(grid, rng))[0]
+
+
 def _flow(denoise, schedule, grid, x, rng, *, heun: bool):
   def velocity(x, t, a, s):
     d = denoise(x, t)
@@ -273,16 +463,46 @@ SAMPLERS.add("ddim", _ddim, keywords={"eta": 0.0})
 SAMPLERS.add("euler", lambda *a, **k: _karras(*a, heun=False, **k), keywords=_CHURN)
 SAMPLERS.add("heun", lambda *a, **k: _karras(*a, heun=True, **k), keywords=_CHURN)
 SAMPLERS.add("dpmpp_2m", _dpmpp_2m, keywords={})
+SAMPLERS.add("dpmpp_3m", lambda *a, **k: _dpmpp_multistep(*a, order=3, **k), keywords={})
+SAMPLERS.add("dpmpp_2m_sde", lambda *a, **k: _dpmpp_multistep(*a, order=2, **k),
+             keywords={"eta": 1.0, "s_noise": 1.0})
+SAMPLERS.add("dpmpp_3m_sde", lambda *a, **k: _dpmpp_multistep(*a, order=3, **k),
+             keywords={"eta": 1.0, "s_noise": 1.0})
+SAMPLERS.add("unipc", _unipc, keywords={"order": 2})
+SAMPLERS.add("pc", _predictor_corrector, keywords={"snr": 0.16, "corrector_steps": 1})
+SAMPLERS.add("ode", _ode_adaptive, keywords={"rtol": 1e-4, "atol": 1e-4, "max_steps": 4096})
 SAMPLERS.add("flow_euler", lambda *a, **k: _flow(*a, heun=False, **k), keywords={})
 SAMPLERS.add("flow_heun", lambda *a, **k: _flow(*a, heun=True, **k), keywords={})
 
 
+_FLOW_SAMPLERS = ("flow_euler", "flow_heun")
+
+
+def default_spacing(sampler: str, schedule: Schedule, num_steps: int | None = None) -> str:
+  """The time grid that suits ``sampler`` (``spacing="auto"``).
+
+  EDM's rho grid for Euler and Heun (Karras et al.: their steps are in ``sigma / alpha``, where
+  uniform steps in t on a VP schedule start with a jump of thousands) and for the flow samplers
+  (on the exact Gaussian it keeps small-variance structure that uniform steps in t lose);
+  uniform in t for DDPM / DDIM when they walk a discrete chain's every step (the chain itself);
+  uniform in log-SNR otherwise (DPM-Solver's grid; for the
+  first-order DDPM / DDIM updates it keeps small-variance structure that uniform-t respacing of
+  DDPM's linear schedule loses: measured on the exact Gaussian in tests/test_samplers.py).
+  """
+  if sampler in ("euler", "heun", *_FLOW_SAMPLERS):
+    return "edm"
+  if (sampler in ("ddpm", "ddim") and schedule.num_timesteps is not None
+      and num_steps == schedule.num_timesteps):
+    return "uniform"
+  return "logsnr"
+
+
 def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
-           sampler: str = "ddim", num_steps: int = 50, *, spacing: str = "uniform",
+           sampler: str = "ddim", num_steps: int = 50, *, spacing: str = "auto",
            rho: float = 7.0, t_max: float | None = None, t_min: float | None = None,
            cond=None, guidance_scale: float | None = None, null_cond=None,
            guidance_interval: tuple[float, float] | None = None, x_init=None,
-           **options) -> jax.Array:
+           return_nfe: bool = False, **options) -> jax.Array:
   """Draws samples by integrating from noise to data with the named sampler.
 
   Args:
@@ -294,7 +514,8 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
     sampler: a name in `SAMPLERS`.
     num_steps: number of steps N >= 1 (network evaluations: N for first-order samplers and
       DPM-Solver++(2M), up to 2N - 1 for Heun).
-    spacing, rho, t_max, t_min: the time grid (see `time_grid`).
+    spacing, rho, t_max, t_min: the time grid (see `time_grid`; ``"auto"``: the sampler's
+      own, `default_spacing`).
     cond: conditioning for ``denoise_fn`` (e.g. class labels [batch]).
     guidance_scale: classifier-free guidance scale w (1 = conditional model alone); needs
       ``cond`` and ``null_cond``.
@@ -302,14 +523,22 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
     guidance_interval: ``(lo, hi)`` in ``sigma / alpha``; guidance only inside it
       (Kynkaanniemi et al. 2024).
     x_init: optional starting noise of ``shape`` (default ``sigma(t_max) * N(0, I)``).
+    return_nfe: also return the number of denoiser evaluations (counted by the adaptive
+      ``"ode"`` solver, known in advance for the others).
     **options: sampler options: ``variance`` (ddpm), ``eta`` (ddim), ``s_churn``, ``s_tmin``,
       ``s_tmax``, ``s_noise`` (euler, heun).
 
   Returns:
-    Samples of ``shape`` (float32).
+    Samples of ``shape`` (float32); with ``return_nfe``, ``(samples, nfe)``.
   """
   options = SAMPLERS.check_kwargs(sampler, options)
   fn, defaults = SAMPLERS.get(sampler).factory, SAMPLERS.get(sampler).keywords
+  if sampler in _FLOW_SAMPLERS and schedule.name != "flow":
+    raise ValueError(f"sampler {sampler!r} integrates the velocity in t, which is first order "
+                     f"only where alpha and sigma are linear in t (the 'flow' schedule); on "
+                     f"{schedule.name!r} use 'euler' or 'heun' (the same ODE in sigma / alpha)")
+  if spacing == "auto":
+    spacing = default_spacing(sampler, schedule, num_steps)
   _check_num_steps(num_steps)
   shape = _check_shape(shape)
   if guidance_scale is not None:
@@ -338,8 +567,21 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
   elif tuple(x_init.shape) != shape:
     raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
   wrapped = lambda x, t: call(x, t).astype(jnp.float32)
-  return fn(wrapped, schedule, grid, jnp.asarray(x_init, jnp.float32), rng_steps,
-            **{**defaults, **options})
+  out = fn(wrapped, schedule, grid, jnp.asarray(x_init, jnp.float32), rng_steps,
+           **{**defaults, **options})
+  x, nfe = out if sampler == "ode" else (out, _fixed_nfe(sampler, grid, {**defaults, **options}))
+  return (x, nfe) if return_nfe else x
+
+
+def _fixed_nfe(sampler: str, grid: TimeGrid, options: dict) -> int:
+  """Denoiser evaluations of a fixed-step sampler on ``grid`` (per image; guidance doubles the
+  batch, not the count)."""
+  n = grid.t.shape[0] - 1
+  if sampler in ("heun", "flow_heun"):
+    return 2 * n - 1  # no correction on the last step, which ends at sigma = 0
+  if sampler == "pc":
+    return n * (1 + options["corrector_steps"])
+  return n
 
 
 def _check_shape(shape) -> tuple[int, ...]:

@@ -222,12 +222,12 @@ class CosineSchedule(Schedule):
 
   def logsnr(self, t):
     t = jnp.asarray(t, jnp.float32)
-    # phi0 goes through the same float32 arithmetic as phi, so that sin(phi - phi0) = 0 at t = 0.
     phi, phi0 = self._phi(t), self._phi(jnp.zeros_like(t))
     cos0_sq = jnp.cos(phi0) ** 2
     alpha_bar = jnp.cos(phi) ** 2 / cos0_sq
-    # 1 - alpha_bar written as a product of sines: exact near t = 0 where alpha_bar -> 1.
-    one_minus = jnp.sin(phi - phi0) * jnp.sin(phi + phi0) / cos0_sq
+    # 1 - alpha_bar written as a product of sines, with phi - phi0 computed directly (not as a
+    # difference): exact near t = 0 where alpha_bar -> 1.
+    one_minus = jnp.sin(t / (1.0 + self.s) * (math.pi / 2)) * jnp.sin(phi + phi0) / cos0_sq
     raw = jnp.log(alpha_bar) - jnp.log(one_minus)
     return jnp.maximum(raw, self.logsnr_min)
 
@@ -237,8 +237,13 @@ class CosineSchedule(Schedule):
 
   def t_from_logsnr(self, logsnr):
     logsnr = jnp.maximum(jnp.asarray(logsnr, jnp.float32), self.logsnr_min)
-    cos_phi = jnp.sqrt(jax.nn.sigmoid(logsnr)) * math.cos(self._phi(0.0))
-    t = jnp.arccos(cos_phi) / (math.pi / 2) * (1.0 + self.s) - self.s
+    # cos(phi) = sqrt(alpha_bar) cos(phi0), solved as an angle from both of its legs:
+    # sin^2(phi) = sin^2(phi0) + sigmoid(-logsnr) cos^2(phi0) has no cancellation (arccos of a
+    # number near 1 would lose the small times, where sigma / alpha is near EDM's 0.002).
+    phi0 = self._phi(0.0)
+    sin_phi = jnp.sqrt(math.sin(phi0) ** 2 + jax.nn.sigmoid(-logsnr) * math.cos(phi0) ** 2)
+    phi = jnp.arctan2(sin_phi, jnp.sqrt(jax.nn.sigmoid(logsnr)) * math.cos(phi0))
+    t = (phi - phi0) / (math.pi / 2) * (1.0 + self.s)
     return jnp.clip(t, 0.0, 1.0)
 
 
