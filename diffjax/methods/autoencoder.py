@@ -151,6 +151,8 @@ class LatentAutoencoder:
     fingerprint) and its per-channel statistics."""
     spec = LatentSpec.from_config(config.get("latent"), ck)
     info = getattr(ctx.data, "latents", None)
+    if ctx.data.source == "latents" and info is None:
+      return None  # the latent dataset itself is the problem (reported under data.path)
     if spec is None:
       name = info.autoencoder_name if info is not None else ""
       ck.require(info is None, "latent.autoencoder",

@@ -22,7 +22,7 @@ Images are NHWC in [-1, 1]. Latents are raw (unscaled): diffusion models train o
 SD 0.18215, SDXL 0.13025, SD3 1.5305 / 0.0609, FLUX 0.3611 / 0.1159) or per-channel mean and
 standard deviation as EDM2 uses them (Karras et al. 2024), ``(z - mean) / std * scale``.
 
-Memory: `map_batches` runs a function over chunks of a batch in sequence (``lax.map``; exact),
+Memory: `map_batches` runs a function over chunks of a batch in sequence (``lax.map``),
 `tiled_encode` / `tiled_decode` cut large images into overlapping tiles whose results are
 blended linearly where they overlap (the diffusers algorithm; not equal to the untiled result,
 since every tile sees only its own context and GroupNorm statistics). ``remat`` rematerialises
@@ -387,7 +387,7 @@ def denormalize_latents(z, scaling_factor: float, shift_factor: float = 0.0,
 # --- memory: chunks of a batch, tiles of an image ---------------------------------------------
 def map_batches(fn: Callable, x, chunk: int):
   """``fn(x)`` computed ``chunk`` examples at a time in sequence (``lax.map``), so only one
-  chunk's activations are live; equal to ``fn(x)`` for per-example functions. The batch is
+  chunk's activations are live; equal to ``fn(x)`` (to rounding) for per-example functions. The batch is
   padded to a multiple of ``chunk`` (the padding's results are dropped)."""
   n = x.shape[0]
   if chunk <= 0 or chunk >= n:

@@ -272,7 +272,7 @@ def describe(module: AutoencoderKL) -> str:
 def params_sha256(params) -> str:
   """SHA-256 of a parameter tree (names, shapes and float32 bytes, in sorted order)."""
   h = hashlib.sha256()
-  for path, leaf in _flatten(params):
+  for path, leaf in _flatten(nn.meta.unbox(params)):
     arr = np.ascontiguousarray(np.asarray(leaf, np.float32))
     h.update("/".join(path).encode())
     h.update(str(arr.shape).encode())
@@ -292,6 +292,7 @@ def save_npz(path, params, module: AutoencoderKL, **info) -> dict[str, Any]:
   """Writes ``params`` of ``module`` with their identity; returns the identity record."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  params = nn.meta.unbox(params)
   flat = {"/".join(p): np.asarray(v, np.float32) for p, v in _flatten(params)}
   record = {"format": FORMAT, "architecture": architecture(module),
             "normalization": normalization(module), "params_sha256": params_sha256(params),
