@@ -77,7 +77,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample.num_steps = 50
   c.sample.spacing = "auto"  # the sampler's own time grid (diffusion.default_spacing)
   c.sample.options = ml_collections.ConfigDict()  # sampler options, e.g. eta, s_churn
-  c.sample.guidance_scale = 1.0  # classifier-free guidance (1 = none)
+  c.sample.guidance_scale = 1.0  # classifier-free guidance (1 = none), or autoguidance's weight
+  c.sample.guidance_interval = ()  # (lo, hi) in sigma/alpha: guide only there (() = always)
+  c.sample.guidance_rescale = 0.0  # Lin et al.'s rescale phi of CFG (0 = off)
+  # Autoguidance (Karras et al. 2024): a weaker model of the same task (smaller, or trained
+  # for less: another run's workdir, its checkpoint `step`, -1 = latest) guides instead of the
+  # unconditional branch.
+  c.sample.autoguidance = ml_collections.ConfigDict()
+  c.sample.autoguidance.workdir = ""
+  c.sample.autoguidance.step = -1
   c.sample.num_images = 64  # images in a grid / in --mode sample
   c.sample.every_steps = 0  # sample grid during training (0 = never before the end)
   c.sample.at_end = True  # sample grid when training finishes

@@ -15,29 +15,19 @@ config file registered needs that module imported first.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
-import ml_collections
 import numpy as np
 
 from diffjax import parallel
 from diffjax.experiment import ExperimentSpec, build_spec
-from diffjax.fields import ConfigError
 from diffjax.generate import Generator
 from diffjax.jobs import evaluate as evaluate_job
 from diffjax.jobs import ref_stats as ref_stats_job
-from diffjax.jobs.common import generate_images, restore_for_inference
+from diffjax.jobs.common import generate_images, restore_for_inference, run_config
 
 _CHUNK = 256  # images per device call
-
-
-def _config_of(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  path = workdir / "config.json"
-  if not path.exists():
-    raise ConfigError(f"{workdir} holds no config.json: not a diffjax run folder")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def _spec(config, mesh_devices: int) -> ExperimentSpec:
@@ -55,7 +45,7 @@ class Model:
 
   def __init__(self, workdir: str | pathlib.Path, step: int | None = None):
     self.workdir = pathlib.Path(workdir).absolute()
-    self.config = _config_of(self.workdir)
+    self.config = run_config(self.workdir)
     self.mesh = parallel.make_mesh({"data": jax.local_device_count(), "fsdp": 1, "tensor": 1},
                                    jax.local_devices())
     self.spec = _spec(self.config, jax.local_device_count())

@@ -90,3 +90,19 @@ def test_the_readme_evaluation_commands_run_and_python_evaluates_alike(run):
   assert (pathlib.Path(run) / "eval" / "ref_domain_test.npz").exists()
   m = result["metrics"]
   assert m["fd"] > 0 and 0 <= m["class_accuracy"] <= 1
+
+
+def test_autoguidance_by_another_workdir_through_the_sample_job(run):
+  """A run guiding itself: D + w (D - D) = D, so autoguided samples equal unguided ones; the
+  guide's variables come from the other workdir's checkpoint through the jobs' restore."""
+  tiny = ["--config", "configs/default.py:tiny", "--workdir", run, "--mode", "sample",
+          "--config.sample.num_images=8", "--config.sample.num_steps=4"]
+  launch(*tiny, f"--config.sample.autoguidance.workdir={run}",
+         "--config.sample.guidance_scale=3.0")
+  launch(*tiny, "--config.sample.guidance_scale=1.0")
+  guided = np.load(pathlib.Path(run) / "samples" / f"ddim4_ag3_step{STEPS}.npz")["images"]
+  plain = np.load(pathlib.Path(run) / "samples" / f"ddim4_step{STEPS}.npz")["images"]
+  assert np.abs(guided.astype(int) - plain.astype(int)).max() <= 1
+  other = launch(*tiny, "--config.sample.autoguidance.workdir=/nonexistent",
+                 "--config.sample.guidance_scale=3.0", check=False)
+  assert other.returncode == 2 and "/nonexistent holds no config.json" in other.stderr

@@ -271,6 +271,47 @@ def test_guided_sampling_through_sample_shifts_the_mean():
   assert float(jnp.mean(out)) > 1.3
 
 
+def test_cfg_rescale_and_autoguidance_against_their_formulas():
+  """On Gaussians with closed-form denoisers: the rescaled guided prediction has the
+  conditional one's per-example standard deviation at phi = 1 (Lin et al. 2024, Alg. 2), the
+  unrescaled one at phi = 0; autoguidance by a weaker model (a wider Gaussian of the same mean,
+  Karras et al. 2024) is D_guide + w (D - D_guide) and, sampled, pulls the samples towards the
+  main model's mean and shrinks their spread below the main model's."""
+  denoise = _two_gaussian_denoisers()
+  s = diffusion.get_schedule("cosine")
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 16))
+  t = jnp.linspace(0.1, 0.9, 8)
+  cond = jnp.ones(8, jnp.int32)
+  d_c, d_u = np.asarray(denoise(x, t, cond)), np.asarray(denoise(x, t, jnp.zeros(8, jnp.int32)))
+  plain = d_u + 4.0 * (d_c - d_u)
+  for phi in (0.0, 0.7, 1.0):
+    factor = d_c.std(axis=1, keepdims=True) / plain.std(axis=1, keepdims=True)
+    expected = plain * (phi * factor + 1 - phi)
+    got = diffusion.classifier_free_guidance(denoise, 4.0, 0, rescale=phi)(x, t, cond)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(diffusion.classifier_free_guidance(denoise, 4.0, 0, rescale=1.0)(
+          x, t, cond)).std(axis=1), d_c.std(axis=1), rtol=1e-5)
+
+  def gaussian(mean, var):  # exact denoiser of N(mean, var I)
+    def d(x, t, cond):
+      alpha, sigma = (v[:, None] for v in s.alpha_sigma(t))
+      return mean + alpha * var / (alpha**2 * var + sigma**2) * (x - alpha * mean)
+    return d
+
+  main, weak = gaussian(1.0, 1.0), gaussian(1.0, 4.0)
+  guided = diffusion.autoguidance(main, weak, 2.5)
+  w_main, w_weak = np.asarray(main(x, t, cond)), np.asarray(weak(x, t, cond))
+  np.testing.assert_allclose(guided(x, t, cond), w_weak + 2.5 * (w_main - w_weak), rtol=1e-5)
+  n = 4096
+  c = jnp.ones(n, jnp.int32)
+  plain_x = diffusion.sample(main, s, (n, 2), jax.random.PRNGKey(3), "ddim", 100, cond=c)
+  ag_x = diffusion.sample(main, s, (n, 2), jax.random.PRNGKey(3), "ddim", 100, cond=c,
+                          guide_fn=weak, guidance_scale=2.5)
+  assert abs(float(jnp.mean(ag_x)) - 1.0) < 0.05 and abs(float(jnp.mean(plain_x)) - 1.0) < 0.05
+  assert float(jnp.std(ag_x)) < 0.9 * float(jnp.std(plain_x))
+
+
 def test_sample_is_jittable_with_parameters_as_arguments():
   s = diffusion.get_schedule("edm")
 

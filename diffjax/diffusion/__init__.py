@@ -7,7 +7,7 @@ This package imports nothing else of diffjax but the leaf `diffjax.registry`. Ty
   x0 = diffusion.sample(denoise_fn, schedule, shape, rng, sampler="ddim", num_steps=50)
 """
 
-from diffjax.diffusion.guidance import classifier_free_guidance
+from diffjax.diffusion.guidance import autoguidance, classifier_free_guidance, rescale_guided
 from diffjax.diffusion.losses import (T_SAMPLERS, WEIGHTINGS, denoising_loss, sample_t,
                                       x0_weight)
 from diffjax.diffusion.parameterization import (NOISE_INPUTS, PARAMETERIZATIONS,

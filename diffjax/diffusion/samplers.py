@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.diffusion.guidance import classifier_free_guidance
+from diffjax.diffusion.guidance import autoguidance, classifier_free_guidance
 from diffjax.diffusion.schedules import Schedule
 from diffjax.registry import Registry
 
@@ -501,7 +501,8 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
            sampler: str = "ddim", num_steps: int = 50, *, spacing: str = "auto",
            rho: float = 7.0, t_max: float | None = None, t_min: float | None = None,
            cond=None, guidance_scale: float | None = None, null_cond=None,
-           guidance_interval: tuple[float, float] | None = None, x_init=None,
+           guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0,
+           guide_fn: Callable[..., jax.Array] | None = None, x_init=None,
            return_nfe: bool = False, **options) -> jax.Array:
   """Draws samples by integrating from noise to data with the named sampler.
 
@@ -522,6 +523,9 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
     null_cond: the "no conditioning" value (e.g. the null class id), broadcast to ``cond``.
     guidance_interval: ``(lo, hi)`` in ``sigma / alpha``; guidance only inside it
       (Kynkaanniemi et al. 2024).
+    guidance_rescale: Lin et al. 2024's rescale phi of the classifier-free guided prediction.
+    guide_fn: a weaker denoiser ``fn(x_t, t, cond)``: autoguidance (Karras et al. 2024) with
+      weight ``guidance_scale`` instead of classifier-free guidance (``null_cond`` unused).
     x_init: optional starting noise of ``shape`` (default ``sigma(t_max) * N(0, I)``).
     return_nfe: also return the number of denoiser evaluations (counted by the adaptive
       ``"ode"`` solver, known in advance for the others).
@@ -541,13 +545,23 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
     spacing = default_spacing(sampler, schedule, num_steps)
   _check_num_steps(num_steps)
   shape = _check_shape(shape)
-  if guidance_scale is not None:
+  if guide_fn is not None:
+    if guidance_scale is None:
+      raise ValueError("guide_fn (autoguidance) needs guidance_scale")
+    guided = guide_fn if cond is not None else (lambda x, t, c: guide_fn(x, t))
+    main = denoise_fn if cond is not None else (lambda x, t, c: denoise_fn(x, t))
+    denoise = autoguidance(main, guided, guidance_scale, interval=guidance_interval,
+                           schedule=schedule)
+    if cond is None:
+      denoise = lambda x, t, _d=denoise: _d(x, t, None)
+  elif guidance_scale is not None:
     if cond is None or null_cond is None:
       raise ValueError("guidance_scale needs both cond and null_cond")
     denoise = classifier_free_guidance(denoise_fn, guidance_scale, null_cond,
-                                       interval=guidance_interval, schedule=schedule)
-  elif guidance_interval is not None:
-    raise ValueError("guidance_interval is given but guidance_scale is not")
+                                       interval=guidance_interval, schedule=schedule,
+                                       rescale=guidance_rescale)
+  elif guidance_interval is not None or guidance_rescale:
+    raise ValueError("guidance_interval / guidance_rescale are given but guidance_scale is not")
   else:
     denoise = denoise_fn
   batch = shape[0]

@@ -3,6 +3,7 @@ runtime, the mesh, data, state restored for inference, sharded generation and lo
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import time
@@ -96,13 +97,27 @@ def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh, ste
   there is none."""
   ckpt = checkpointer(spec, workdir)
   try:
-    params, step = ckpt.restore_variables(state_setup(spec, mesh).abstract, step)
+    variables, step = ckpt.restore_variables(state_setup(spec, mesh).abstract, step)
   finally:
     ckpt.close()
-  if params is None:
+  if variables is None:
     raise ConfigError(f"no checkpoint in {workdir / 'checkpoints'}; train first "
                       f"(--mode train) or point --workdir at a trained run")
-  return params, step
+  for role, (other, other_step) in spec.method.auxiliary_networks().items():
+    other = pathlib.Path(other)
+    aux = build_spec(run_config(other), num_devices=1, check_network=False)
+    aux_vars, _ = restore_for_inference(aux, other, mesh, None if other_step < 0 else other_step)
+    variables[role] = next(iter(aux_vars.values()))  # the other run's first network
+  return variables, step
+
+
+def run_config(workdir: pathlib.Path):
+  """A run's own resolved config (``<workdir>/config.json``) as a ConfigDict."""
+  import ml_collections
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise ConfigError(f"{workdir} holds no config.json: not a diffjax run folder")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def make_generator(spec: ExperimentSpec, mesh) -> Generator:

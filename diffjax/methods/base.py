@@ -100,6 +100,12 @@ class Method(abc.ABC):
     """Images ``float32 [n, H, W, C]`` in ``[-1, 1]`` from ``{role: Flax variables}`` (EMA
     parameters where kept); ``labels`` int32 ``[n]`` (ignored by unconditional methods)."""
 
+  def auxiliary_networks(self) -> dict[str, tuple[str, int]]:
+    """Networks of other runs that ``generate`` uses at inference: ``{role: (workdir, step)}``
+    (step -1: latest). The jobs restore each one's inference variables (of its own first
+    network) into ``variables[role]``. Default: none."""
+    return {}
+
   def sampling_info(self) -> dict[str, Any]:
     """How ``generate`` samples, for result files (e.g. sampler, steps, guidance)."""
     return {}

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from diffjax import diffusion
@@ -31,7 +34,7 @@ from diffjax.fields import FieldChecker
 from diffjax.methods.autoencoder import LatentAutoencoder
 from diffjax.methods.base import Method, MethodContext, Network
 from diffjax.methods.registry import register_method
-from diffjax.spec import DataSpec, ModelSpec, OptimSpec, items
+from diffjax.spec import DataSpec, ModelSpec, OptimSpec, TrainSpec, items
 from diffjax.training.step import apply_gradients, value_and_grad
 
 
@@ -82,6 +85,14 @@ class SamplerSpec:
   spacing: str
   options: tuple[tuple[str, Any], ...]
   guidance_scale: float
+  guidance_interval: tuple[float, float] | None = None
+  guidance_rescale: float = 0.0
+  guide_workdir: str = ""  # autoguidance: the guiding run
+  guide_step: int = -1
+
+  @property
+  def guided(self) -> bool:
+    return self.guidance_scale != 1.0
 
   @classmethod
   def from_config(cls, s, ck: FieldChecker, *, conditional: bool) -> "SamplerSpec":
@@ -90,13 +101,25 @@ class SamplerSpec:
     ck.positive_int(s.num_steps, "sample.num_steps")
     ck.require(s.guidance_scale >= 0, "sample.guidance_scale",
                f"must be >= 0, got {s.guidance_scale}")
-    if s.guidance_scale != 1.0:
+    auto = s.get("autoguidance") or {}
+    guide = str(auto.get("workdir", "") or "")
+    if s.guidance_scale != 1.0 and not guide:
       ck.require(conditional, "sample.guidance_scale",
                  "classifier-free guidance needs a conditional model (model.conditional=True)")
+    interval = tuple(float(v) for v in (s.get("guidance_interval") or ()))
+    ck.require(not interval or (len(interval) == 2 and 0 <= interval[0] < interval[1]),
+               "sample.guidance_interval",
+               f"must be () or (lo, hi) with 0 <= lo < hi in sigma/alpha, got {interval}")
+    rescale = float(s.get("guidance_rescale", 0.0))
+    ck.require(0.0 <= rescale <= 1.0, "sample.guidance_rescale",
+               f"must be in [0, 1], got {rescale}")
+    ck.require(not (rescale and guide), "sample.guidance_rescale",
+               "rescale applies to classifier-free guidance, not to autoguidance")
     options = items(s.options)
     if s.sampler in diffusion.SAMPLERS:
       options = ck.keywords(diffusion.SAMPLERS, s.sampler, options, "sample.options")
-    return cls(s.sampler, s.num_steps, s.spacing, options, float(s.guidance_scale))
+    return cls(s.sampler, s.num_steps, s.spacing, options, float(s.guidance_scale),
+               interval or None, rescale, guide, int(auto.get("step", -1)))
 
 
 def loss_fn(params, batch, rng, *, model, spec: DiffusionSpec, conditional: bool,
@@ -129,6 +152,27 @@ def draw_noise(rng, shape, spec: DiffusionSpec):
   t = diffusion.sample_t(rng_t, shape[0], spec.schedule, spec.t_sampler,
                          **dict(spec.t_sampler_options))
   return t, jax.random.normal(rng_eps, shape, jnp.float32)
+
+
+def _guide_method(workdir: str, main: "DiffusionMethod") -> "DiffusionMethod":
+  """The diffusion method of another run (its ``config.json``) to guide ``main`` with: the same
+  data shape, schedule and conditioning; its network may be smaller."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise ValueError(f"{workdir} holds no config.json: not a diffjax run to guide with")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  ck = FieldChecker()
+  data = DataSpec.from_config(config.data, ck, num_processes=None)
+  train = TrainSpec.from_config(config.train, ck, seed=config.seed)
+  config.sample.autoguidance.workdir = ""  # the guide is not guided itself
+  guide = DiffusionMethod.from_config(config, ck, MethodContext(data, train, False))
+  if ck.errors or guide is None:
+    raise ValueError(f"the config of {workdir} does not build: {'; '.join(ck.errors)}")
+  if (guide.x_shape, guide.conditional, guide.diffusion.schedule) != (
+      main.x_shape, main.conditional, main.diffusion.schedule):
+    raise ValueError(f"the guiding run {workdir} models other data (shape, conditioning or "
+                     f"schedule differ from this run's)")
+  return guide
 
 
 def _check_network(module, data: DataSpec, conditional: bool, shape=None) -> None:
@@ -178,6 +222,9 @@ class DiffusionMethod(Method):
     if method is not None and ctx.check_network:
       ck.attempt("model.name / model.kwargs", lambda: _check_network(
           method.module, ctx.data, model.conditional, method.x_shape))
+    if method is not None and sampler.guide_workdir:
+      method.guide = ck.attempt("sample.autoguidance.workdir",
+                                lambda: _guide_method(sampler.guide_workdir, method))
     return method
 
   # --- networks -----------------------------------------------------------------------------
@@ -213,14 +260,26 @@ class DiffusionMethod(Method):
     return state.with_net("denoiser", net), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   # --- sampling -----------------------------------------------------------------------------
+  guide: "DiffusionMethod | None" = None  # autoguidance's guiding model (its own network)
+
+  def auxiliary_networks(self) -> dict[str, tuple[str, int]]:
+    s = self.sampler
+    return {"guide": (s.guide_workdir, s.guide_step)} if s.guide_workdir else {}
+
   def generate(self, variables, rng, labels):
     s = self.sampler
     denoise = self.denoiser(variables["denoiser"])
     kwargs = dict(sampler=s.sampler, num_steps=s.num_steps, spacing=s.spacing, **dict(s.options))
+    guidance = dict(guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval)
+    if s.guided and s.guide_workdir:  # autoguidance; not in training grids (no guide loaded)
+      if "guide" in variables:
+        guide = self.guide.denoiser(variables["guide"])
+        kwargs.update(guidance, guide_fn=guide if self.conditional else
+                      (lambda x, t, _g=guide: _g(x, t, None)))
+    elif s.guided and self.conditional:  # classifier-free guidance
+      kwargs.update(guidance, null_cond=self.num_classes, guidance_rescale=s.guidance_rescale)
     if self.conditional:
       kwargs["cond"] = labels
-      if s.guidance_scale != 1.0:
-        kwargs.update(null_cond=self.num_classes, guidance_scale=s.guidance_scale)
     else:
       denoise = lambda x, t, _d=denoise: _d(x, t, None)
     shape = (labels.shape[0], *self.x_shape)
@@ -232,12 +291,21 @@ class DiffusionMethod(Method):
   def sampling_info(self) -> dict[str, Any]:
     s = self.sampler
     return {"name": s.sampler, "num_steps": s.num_steps, "spacing": s.spacing,
-            "options": dict(s.options), "guidance_scale": s.guidance_scale}
+            "options": dict(s.options), "guidance_scale": s.guidance_scale,
+            "guidance_interval": s.guidance_interval, "guidance_rescale": s.guidance_rescale,
+            "autoguidance": ({"workdir": s.guide_workdir, "step": s.guide_step}
+                             if s.guide_workdir else None)}
 
   def sampling_tag(self) -> str:
     s = self.sampler
-    return f"{s.sampler}{s.num_steps}" + (f"_cfg{s.guidance_scale:g}"
-                                          if s.guidance_scale != 1.0 else "")
+    tag = f"{s.sampler}{s.num_steps}"
+    if s.guided:
+      tag += f"_{'ag' if s.guide_workdir else 'cfg'}{s.guidance_scale:g}"
+    if s.guidance_interval:
+      tag += f"_int{s.guidance_interval[0]:g}-{s.guidance_interval[1]:g}"
+    if s.guidance_rescale:
+      tag += f"_rescale{s.guidance_rescale:g}"
+    return tag
 
   # --- likelihood ---------------------------------------------------------------------------
   def likelihood_error(self, kind: str) -> str | None:
