@@ -31,7 +31,6 @@ import optax
 from diffjax import diffusion
 from diffjax.diffusion import likelihood
 from diffjax.fields import FieldChecker
-from diffjax.methods.autoencoder import LatentAutoencoder
 from diffjax.methods.base import Method, MethodContext, Network
 from diffjax.methods.registry import register_method
 from diffjax.spec import DataSpec, ModelSpec, OptimSpec, TrainSpec, items
@@ -193,7 +192,7 @@ class DiffusionMethod(Method):
 
   def __init__(self, model: ModelSpec, diffusion_spec: DiffusionSpec, sampler: SamplerSpec,
                optim: OptimSpec, data: DataSpec, *, grad_accum: int = 1,
-               latent: LatentAutoencoder | None = None):
+               latent: "LatentAutoencoder | None" = None):
     self.model, self.diffusion, self.sampler, self.optim = model, diffusion_spec, sampler, optim
     self.conditional, self.num_classes = model.conditional, data.num_classes
     self.image_shape = data.image_shape
@@ -213,6 +212,7 @@ class DiffusionMethod(Method):
     diffusion_spec = DiffusionSpec.from_config(config.diffusion, ck)
     sampler = SamplerSpec.from_config(config.sample, ck, conditional=model.conditional)
     optim = OptimSpec.from_config(config.optim, ck, total_steps=ctx.train.num_steps)
+    from diffjax.methods.autoencoder import LatentAutoencoder  # registered after diffusion
     latent = LatentAutoencoder.from_config(config, ck, ctx)
     if ck.errors:
       return None
