@@ -71,6 +71,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Keep the optimiser state (Adam's two moments: twice the parameters) in pinned host memory
   # between steps; each step copies it in and out. Frees accelerator memory, costs transfers.
   c.train.offload_opt_state = False
+  # Post-hoc EMA (Karras et al. 2024): power-function EMA profiles of these relative standard
+  # deviations, snapshot every posthoc_ema_every steps; any EMA length is reconstructed from
+  # them afterwards (sample.posthoc_ema_std). () = off.
+  c.train.posthoc_ema_stds = ()
+  c.train.posthoc_ema_every = 0
 
   c.sample = ml_collections.ConfigDict()
   c.sample.sampler = "ddim"
@@ -90,6 +95,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample.every_steps = 0  # sample grid during training (0 = never before the end)
   c.sample.at_end = True  # sample grid when training finishes
   c.sample.upscale = 1  # nearest-neighbour upscaling of grid images (small images)
+  c.sample.posthoc_ema_std = 0.0  # > 0: sample with that post-hoc EMA (0 = the tracked EMA)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500

@@ -164,6 +164,8 @@ class TrainSpec:
   seed: int
   grad_accum: int = 1
   offload_opt_state: bool = False
+  posthoc_ema_stds: tuple[float, ...] = ()  # power-function EMA profiles tracked (EDM2)
+  posthoc_ema_every: int = 0  # their snapshot interval in steps
 
   @classmethod
   def from_config(cls, t, ck: FieldChecker, *, seed: int) -> "TrainSpec":
@@ -173,8 +175,16 @@ class TrainSpec:
     offload = t.get("offload_opt_state", False)
     ck.require(isinstance(offload, bool), "train.offload_opt_state",
                f"must be True or False, got {offload!r}")
+    stds = tuple(float(v) for v in (t.get("posthoc_ema_stds") or ()))
+    every = t.get("posthoc_ema_every", 0)
+    for v in stds:
+      ck.require(0 < v < 12 ** -0.5, "train.posthoc_ema_stds",
+                 f"relative standard deviations must be in (0, 0.2887), got {v}")
+    if stds:
+      ck.positive_int(every, "train.posthoc_ema_every")
     return cls(t.num_steps, float(t.ema_decay), bool(t.ema_warmup), seed,
-               t.grad_accum if isinstance(t.grad_accum, int) else 1, bool(offload))
+               t.grad_accum if isinstance(t.grad_accum, int) else 1, bool(offload), stds,
+               every if isinstance(every, int) else 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,13 +196,17 @@ class SampleSpec:
   every_steps: int
   upscale: int
   at_end: bool = True
+  posthoc_ema_std: float = 0.0  # sample with the EMA of this sigma_rel, reconstructed (EDM2)
 
   @classmethod
   def from_config(cls, s, ck: FieldChecker) -> "SampleSpec":
     ck.positive_int(s.num_images, "sample.num_images")
     ck.positive_int(s.every_steps, "sample.every_steps", minimum=0)
     ck.positive_int(s.upscale, "sample.upscale")
-    return cls(s.num_images, s.every_steps, s.upscale, bool(s.at_end))
+    std = float(s.get("posthoc_ema_std", 0.0))
+    ck.require(std == 0 or 0 < std < 12 ** -0.5, "sample.posthoc_ema_std",
+               f"must be 0 (the tracked EMA) or in (0, 0.2887), got {std}")
+    return cls(s.num_images, s.every_steps, s.upscale, bool(s.at_end), std)
 
 
 @dataclasses.dataclass(frozen=True)

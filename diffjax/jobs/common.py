@@ -18,7 +18,7 @@ from diffjax.fields import ConfigError
 from diffjax.generate import Generator, grid_labels
 from diffjax.parallel import distributed
 from diffjax.spec import mesh_size
-from diffjax.training import Checkpointer, state_meta
+from diffjax.training import Checkpointer, posthoc_ema, state_meta
 from diffjax.training.setup import StateSetup, setup_state
 
 
@@ -51,11 +51,13 @@ def make_mesh(spec: ExperimentSpec):
 def state_setup(spec: ExperimentSpec, mesh, rules=None) -> StateSetup:
   """The method's state layout on ``mesh`` (``rules``: default the config's)."""
   rules = parallel.get_rules(spec.mesh.rules) if rules is None else rules
-  return setup_state(spec.method, mesh, rules, offload_opt_state=spec.train.offload_opt_state)
+  return setup_state(spec.method, mesh, rules, offload_opt_state=spec.train.offload_opt_state,
+                     posthoc_profiles=len(spec.train.posthoc_ema_stds))
 
 
 def checkpointer(spec: ExperimentSpec, workdir: pathlib.Path) -> Checkpointer:
-  return Checkpointer(workdir / "checkpoints", spec.checkpoint, state_meta(spec.method.networks),
+  return Checkpointer(workdir / "checkpoints", spec.checkpoint,
+                      state_meta(spec.method.networks, spec.train.posthoc_ema_stds),
                       verify=spec.faults.verify_checkpoints, log=log)
 
 
@@ -96,19 +98,38 @@ def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh, ste
   parameters where a network keeps one, nothing else (no optimiser state). ConfigError if
   there is none."""
   ckpt = checkpointer(spec, workdir)
+  abstract = state_setup(spec, mesh).abstract
   try:
-    variables, step = ckpt.restore_variables(state_setup(spec, mesh).abstract, step)
+    variables, step = ckpt.restore_variables(abstract, step)
   finally:
     ckpt.close()
   if variables is None:
     raise ConfigError(f"no checkpoint in {workdir / 'checkpoints'}; train first "
                       f"(--mode train) or point --workdir at a trained run")
+  if spec.sample.posthoc_ema_std:
+    for role, params in posthoc_params(spec, workdir, abstract, step).items():
+      variables[role] = {**variables[role], "params": params}
   for role, (other, other_step) in spec.method.auxiliary_networks().items():
     other = pathlib.Path(other)
     aux = build_spec(run_config(other), num_devices=1, check_network=False)
     aux_vars, _ = restore_for_inference(aux, other, mesh, None if other_step < 0 else other_step)
     variables[role] = next(iter(aux_vars.values()))  # the other run's first network
   return variables, step
+
+
+def posthoc_params(spec: ExperimentSpec, workdir: pathlib.Path, abstract, step: int) -> dict:
+  """``{role: parameters}``: the post-hoc EMA of ``sample.posthoc_ema_std`` at ``step``,
+  reconstructed from the run's snapshots (`diffjax.training.posthoc_ema`)."""
+  profiles = {role: net.posthoc for role, net in abstract.nets.items() if net.posthoc is not None}
+  if not profiles:
+    raise ConfigError("sample.posthoc_ema_std needs a run trained with train.posthoc_ema_stds")
+  snapshots = posthoc_ema.Snapshots(workdir / "posthoc_ema", spec.train.posthoc_ema_stds)
+  try:
+    return snapshots.reconstruct(profiles, spec.sample.posthoc_ema_std, step)
+  except FileNotFoundError as e:
+    raise ConfigError(str(e)) from None
+  finally:
+    snapshots.close()
 
 
 def run_config(workdir: pathlib.Path):

@@ -22,7 +22,8 @@ from diffjax.faults import DataError, NumericalAbort, Preempted, PreemptionWatch
 from diffjax.jobs.common import (abstract_batch, checkpointer, data_iterator, data_source,
                                  experiment_spec, generate_images, log, make_generator,
                                  make_mesh, sample_grid, state_setup)
-from diffjax.training import Checkpointer, LogWindow, MetricsWriter, Progress, parameter_count
+from diffjax.training import (Checkpointer, LogWindow, MetricsWriter, Progress, parameter_count,
+                              posthoc_ema)
 from diffjax.training.feeder import DeviceFeeder
 from diffjax.training.setup import jit_train_step
 
@@ -94,6 +95,20 @@ def _check_numerics(spec: ExperimentSpec, logged: dict, step: int, ckpt: Checkpo
         f"optim.lr, raise optim.grad_clip or check the data, then relaunch to resume.")
 
 
+def _posthoc_snapshots(spec: ExperimentSpec, setup, workdir):
+  """The post-hoc EMA snapshot writer (None when off); logs its storage cost up front."""
+  t = spec.train
+  if not t.posthoc_ema_stds:
+    return None
+  per = sum(parameter_count(net.params) * 4 for net in setup.abstract.nets.values()
+            if net.posthoc is not None) * len(t.posthoc_ema_stds)
+  count = t.num_steps // t.posthoc_ema_every
+  log(f"post-hoc EMA: profiles sigma_rel {list(t.posthoc_ema_stds)}, a snapshot every "
+      f"{t.posthoc_ema_every} steps: {count} snapshots of {per / 2**20:.1f} MB = "
+      f"{count * per / 2**30:.2f} GB in {workdir / 'posthoc_ema'}")
+  return posthoc_ema.Snapshots(workdir / "posthoc_ema", t.posthoc_ema_stds)
+
+
 def train(config, workdir: str) -> dict:
   """Trains (or resumes) the experiment described by ``config`` in ``workdir``.
 
@@ -159,6 +174,7 @@ def train(config, workdir: str) -> dict:
   progress = Progress(step, total, spec.data.batch_size, enabled=is_main)
   sample_rng = jax.random.PRNGKey(spec.train.seed + 1)
   watcher = PreemptionWatcher(spec.faults.inject_preemption_steps)
+  snapshots = _posthoc_snapshots(spec, setup, workdir)
   last = {}
 
   try:
@@ -188,6 +204,8 @@ def train(config, workdir: str) -> dict:
                         f"in {ckpt.directory}; launch again with the same --workdir to resume")
       if step % spec.checkpoint.every_steps == 0 or step == total:
         ckpt.save(step, state, feeder, metrics=last or None, log_window=window.state())
+      if snapshots and step % spec.train.posthoc_ema_every == 0:
+        snapshots.save(step, state)
     ckpt.wait()
     if spec.sample.at_end:
       writer.image(step, "samples", sample_grid(generate, state.inference_variables, spec,
@@ -195,6 +213,8 @@ def train(config, workdir: str) -> dict:
     checkpoints = ckpt.all_steps()
   finally:
     watcher.close()
+    if snapshots:
+      snapshots.close()
     try:
       ckpt.close()
     finally:

@@ -72,12 +72,16 @@ def _register_array_handler() -> None:
     absl_logging.set_verbosity(previous)
 
 
-def state_meta(networks) -> dict:
+def state_meta(networks, posthoc_ema_stds=()) -> dict:
   """What a checkpoint records of its state's layout: the format version and, per network
-  role, whether it trains and keeps an EMA (``networks``: a method's ``{role: Network}``)."""
-  return {"format": STATE_FORMAT,
+  role, whether it trains and keeps an EMA (``networks``: a method's ``{role: Network}``),
+  and the post-hoc EMA profiles tracked (when any)."""
+  meta = {"format": STATE_FORMAT,
           "networks": {role: {"trainable": net.optimizer is not None, "ema": bool(net.ema)}
                        for role, net in networks.items()}}
+  if posthoc_ema_stds:
+    meta["posthoc_ema_stds"] = [float(s) for s in posthoc_ema_stds]
+  return meta
 
 
 class Checkpointer:

@@ -35,9 +35,11 @@ def _offload_opt_state(shardings: TrainState) -> TrainState:
                                  for role, net in shardings.nets.items()})
 
 
-def setup_state(method, mesh, rules, *, offload_opt_state: bool = False) -> StateSetup:
+def setup_state(method, mesh, rules, *, offload_opt_state: bool = False,
+                posthoc_profiles: int = 0) -> StateSetup:
   """The layout of ``method``'s state on ``mesh`` under the logical-axis ``rules``."""
-  create = functools.partial(create_train_state, networks=method.networks)
+  create = functools.partial(create_train_state, networks=method.networks,
+                             posthoc_profiles=posthoc_profiles)
   boxed = jax.eval_shape(create, jax.random.PRNGKey(0))
   compute_shardings = logical_shardings(boxed, mesh, rules)
   shardings = _offload_opt_state(compute_shardings) if offload_opt_state else compute_shardings

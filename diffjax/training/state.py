@@ -29,12 +29,15 @@ class NetState:
     opt_state: optimiser state (None: a frozen network, never updated).
     collections: the network's other Flax variable collections (batch statistics,
       spectral-norm vectors; None when it has none), updated by the method, not by gradients.
+    posthoc: the power-function EMA profiles of `diffjax.training.posthoc_ema` (a tuple of
+      parameter trees, one per tracked relative standard deviation; None: not tracked).
   """
 
   params: Any
   ema_params: Any = None
   opt_state: Any = None
   collections: Any = None
+  posthoc: Any = None
 
   @property
   def trainable(self) -> bool:
@@ -81,7 +84,7 @@ class TrainState:
     return {role: net.params for role, net in self.nets.items()}
 
 
-def create_train_state(rng, networks: Mapping[str, Any]) -> TrainState:
+def create_train_state(rng, networks: Mapping[str, Any], posthoc_profiles: int = 0) -> TrainState:
   """Initialises a state whose parameter leaves are still boxed with logical axis names.
 
   Call under ``jax.eval_shape`` to read shardings, then jit with ``nn.meta.unbox`` applied.
@@ -92,6 +95,7 @@ def create_train_state(rng, networks: Mapping[str, Any]) -> TrainState:
       initial parameters unchanged.
     networks: ``{role: methods.Network}`` (``init``: rng -> Flax variables, ``optimizer``,
       ``ema``).
+    posthoc_profiles: power-function EMA profiles each trained network with an EMA tracks.
   """
   init_rng, state_rng = jax.random.split(rng)
   nets = {}
@@ -101,7 +105,9 @@ def create_train_state(rng, networks: Mapping[str, Any]) -> TrainState:
     nets[role] = NetState(
         params=params, ema_params=params if net.ema else None,
         opt_state=None if net.optimizer is None else net.optimizer.init(params),
-        collections=variables or None)
+        collections=variables or None,
+        posthoc=(tuple(params for _ in range(posthoc_profiles))
+                 if posthoc_profiles and net.ema and net.optimizer is not None else None))
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, nets=nets, rng=state_rng, skipped=zero, streak=zero,
                     loss_avg=jnp.zeros((), jnp.float32))

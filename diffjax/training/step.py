@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from diffjax.spec import FaultSpec, TrainSpec
+from diffjax.training import posthoc_ema
 from diffjax.training.state import NetState, TrainState
 
 
@@ -107,10 +108,13 @@ def train_step(state: TrainState, batch, *, method, train: TrainSpec, faults: Fa
     ok &= (state.loss_avg == 0) | (loss <= faults.loss_spike_factor * state.loss_avg)
 
   decay = ema_decay_at(state.step, train.ema_decay, train.ema_warmup)
+  gammas = tuple(posthoc_ema.std_to_gamma(s) for s in train.posthoc_ema_stds)
   nets = {}
   for role, net in updated.nets.items():
     if net.ema_params is not None and net.trainable:
       net = net.replace(ema_params=ema_update(net.ema_params, net.params, decay))
+    if net.posthoc is not None:
+      net = net.replace(posthoc=posthoc_ema.update(net.posthoc, net.params, state.step, gammas))
     nets[role] = jax.tree.map(lambda n, o: jnp.where(ok, n, o), net, state.nets[role])
   loss_avg = state.loss_avg
   if loss is not None:
