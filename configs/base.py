@@ -129,6 +129,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.likelihood = ""  # "" | ode | vlb (test-split bits/dim)
   c.eval.likelihood_num = 1000
   c.eval.likelihood_batch = 100
+  # One-checkpoint sweep: sample-section fields with lists of values, e.g.
+  # --config.eval.grid.sampler="('ddim','heun')" --config.eval.grid.num_steps="(10,20)"; every
+  # combination is scored against the same reference (finished cells are kept on relaunch).
+  c.eval.grid = ml_collections.ConfigDict()
 
   c.faults = ml_collections.ConfigDict()
   c.faults.nonfinite = "skip"  # non-finite loss/gradients: skip (the update) | abort

@@ -49,7 +49,9 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int | None = None
   sample = SampleSpec.from_config(config.sample, ck)
   checkpoint = CheckpointSpec.from_config(config.checkpoint, ck)
   logging_spec = LoggingSpec.from_config(config.logging, ck)
-  eval_spec = EvalSpec.from_config(config.eval, ck, num_classes=data.num_classes)
+  eval_spec = EvalSpec.from_config(
+      config.eval, ck, num_classes=data.num_classes,
+      sample_fields=tuple(k for k in config.sample if k not in ("every_steps", "at_end")))
   faults = FaultSpec.from_config(config.faults, ck)
   method = None
   if ck.one_of(config.method.name, methods.METHODS.names(), "method.name"):

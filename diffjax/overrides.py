@@ -3,7 +3,7 @@
 Configs are locked: ``--config.a.b=v`` may only set a field the config file defines. Sections
 that hold keyword arguments for a target chosen by name (a section named ``kwargs`` or
 ``options``, or ending in ``_kwargs``: ``model.kwargs``, ``sample.options``,
-``diffusion.schedule_kwargs``, ...) take any key instead, so that the command line and
+``diffusion.schedule_kwargs``, ``eval.grid``, ...) take any key instead, so that the command line and
 ``get_sweep()`` reach every knob of the network, sampler or schedule. Their keys are checked
 later, against the target's signature, when the experiment spec is built (before any compute);
 a misspelt key is an error listing the keywords the target accepts.
@@ -24,7 +24,7 @@ from diffjax.registry import coerce
 
 
 def is_free_form(section: str) -> bool:
-  return section in ("kwargs", "options") or section.endswith("_kwargs")
+  return section in ("kwargs", "options", "grid") or section.endswith("_kwargs")
 
 
 def literal(text: str) -> Any:

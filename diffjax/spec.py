@@ -258,9 +258,11 @@ class EvalSpec:
   likelihood: str
   likelihood_num: int
   likelihood_batch: int
+  grid: tuple[tuple[str, tuple], ...] = ()  # (sample field, its values) of a sweep
 
   @classmethod
-  def from_config(cls, e, ck: FieldChecker, *, num_classes: int) -> "EvalSpec":
+  def from_config(cls, e, ck: FieldChecker, *, num_classes: int,
+                  sample_fields: tuple[str, ...] = ()) -> "EvalSpec":
     ck.one_of(e.feature_net, FEATURE_NETS, "eval.feature_net")
     ck.one_of(e.protocol, ("tf", "pytorch_fid"), "eval.protocol")
     ck.one_of(e.likelihood, ("", "ode", "vlb"), "eval.likelihood")
@@ -273,11 +275,18 @@ class EvalSpec:
     ck.positive_int(e.every_steps, "eval.every_steps", minimum=0)
     if isinstance(e.num_samples, int) and e.num_samples < 2:
       ck.require(False, "eval.num_samples", "needs at least 2 samples for a covariance")
+    grid = []
+    for field, values in items(e.get("grid")):
+      values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+      ck.require(field in sample_fields, f"eval.grid.{field}",
+                 f"not a field of the sample section; allowed: {', '.join(sample_fields)}")
+      ck.require(bool(values), f"eval.grid.{field}", "needs at least one value")
+      grid.append((field, values))
     return cls(e.feature_net, e.protocol, e.inception_cache, e.inception_source,
                bool(e.download_inception), e.classifier_steps, e.ref_split, e.ref_data_path,
                e.ref_path, e.num_samples, e.batch_size, e.seeds, e.name, e.every_steps,
                e.train_num_samples, e.kid_subset_size, e.pr_k, e.likelihood,
-               e.likelihood_num, e.likelihood_batch)
+               e.likelihood_num, e.likelihood_batch, tuple(grid))
 
 
 @dataclasses.dataclass(frozen=True)

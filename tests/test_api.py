@@ -1,6 +1,7 @@
 """diffjax.load: a trained run from Python (the README's example runs here as written), equal
 to what the jobs restore and sample."""
 
+import json
 import pathlib
 import re
 
@@ -106,3 +107,40 @@ def test_autoguidance_by_another_workdir_through_the_sample_job(run):
   other = launch(*tiny, "--config.sample.autoguidance.workdir=/nonexistent",
                  "--config.sample.guidance_scale=3.0", check=False)
   assert other.returncode == 2 and "/nonexistent holds no config.json" in other.stderr
+
+
+def test_evaluation_grid_on_one_checkpoint_resumes_after_a_kill(run, tmp_path):
+  """samplers x step counts x guidance scales against one reference; killed after its first
+  finished cell and relaunched, the finished cell is kept, not recomputed."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  from launch_util import subprocess_env
+  tiny = ["--config", "configs/default.py:tiny", "--workdir", str(run), "--mode", "eval",
+          "--config.eval.num_samples=32", "--config.eval.name=grid",
+          "--config.eval.grid.sampler=('ddim','heun')", "--config.eval.grid.num_steps=(3,6)",
+          "--config.eval.grid.guidance_scale=(1.0,2.0)"]
+  if not (run / "eval" / "ref_domain_test.npz").exists():  # test order: may be the first
+    launch(*tiny[:4], "--mode", "ref_stats")
+  grid = pathlib.Path(run) / "eval" / "grid"
+  proc = subprocess.Popen([sys.executable, "launch.py", *tiny], cwd=ROOT, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and not list(grid.glob("*.json")):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  first = {p.name: p.read_text() for p in grid.glob("*.json")}
+  assert 1 <= len(first) < 8
+  out = launch(*tiny).stdout
+  assert out.count("done before, kept") == len(first)
+  for name, text in first.items():
+    assert (grid / name).read_text() == text
+  cells = [p for p in grid.glob("*.json")]
+  assert len(cells) == 8 and (grid / "fd_vs_nfe.png").exists()
+  table = (grid / "results.md").read_text()
+  assert "Best setting (lowest FD)" in table and table.count("\n| ") == 9  # header + 8 cells
+  rows = [json.loads(p.read_text()) for p in cells]
+  assert {r["nfe"] for r in rows if r["sampler"] == "heun"} == {5, 11}  # 2N - 1
+  assert {r["nfe"] for r in rows if r["sampler"] == "ddim"} == {3, 6}

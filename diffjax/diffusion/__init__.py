@@ -17,7 +17,8 @@ from diffjax.diffusion.parameterization import (NOISE_INPUTS, PARAMETERIZATIONS,
                                                 get_parameterization, make_denoiser,
                                                 noise_level, parameterization_names, to_x0_eps)
 from diffjax.diffusion.samplers import (SAMPLERS, SPACINGS, TimeGrid, default_spacing,
-                                        posterior_coefficients, sample, time_grid)
+                                        evaluations, posterior_coefficients, sample,
+                                        time_grid)
 from diffjax.diffusion.schedules import (SCHEDULES, CosineSchedule, EDMSchedule, FlowSchedule,
                                          LinearSchedule, Schedule, VESchedule, VPSchedule,
                                          broadcast_to_rank, get_schedule, register_schedule,

@@ -587,6 +587,18 @@ def sample(denoise_fn: Callable[..., jax.Array], schedule: Schedule, shape, rng,
   return (x, nfe) if return_nfe else x
 
 
+def evaluations(sampler: str, schedule: Schedule, num_steps: int, spacing: str = "auto",
+                **options) -> int | None:
+  """Denoiser evaluations per image of ``sampler`` with ``num_steps`` on its grid, known before
+  sampling (None for the adaptive ``"ode"`` solver: `sample` with ``return_nfe`` counts it)."""
+  if sampler == "ode":
+    return None
+  if spacing == "auto":
+    spacing = default_spacing(sampler, schedule, num_steps)
+  defaults = SAMPLERS.get(sampler).keywords
+  return _fixed_nfe(sampler, time_grid(schedule, num_steps, spacing), {**defaults, **options})
+
+
 def _fixed_nfe(sampler: str, grid: TimeGrid, options: dict) -> int:
   """Denoiser evaluations of a fixed-step sampler on ``grid`` (per image; guidance doubles the
   batch, not the count)."""

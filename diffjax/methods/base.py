@@ -110,6 +110,10 @@ class Method(abc.ABC):
     """How ``generate`` samples, for result files (e.g. sampler, steps, guidance)."""
     return {}
 
+  def evaluations_per_image(self) -> int | None:
+    """Network evaluations ``generate`` makes per image (None: not known in advance)."""
+    return None
+
   def sampling_tag(self) -> str:
     """A short name of the sampling settings for file names (e.g. ``ddim50_cfg2``)."""
     return self.name

@@ -270,7 +270,10 @@ class DiffusionMethod(Method):
     s = self.sampler
     denoise = self.denoiser(variables["denoiser"])
     kwargs = dict(sampler=s.sampler, num_steps=s.num_steps, spacing=s.spacing, **dict(s.options))
-    guidance = dict(guidance_scale=s.guidance_scale, guidance_interval=s.guidance_interval)
+    # An evaluation grid passes the scale as an array (``variables["sampling"]``): one compiled
+    # sampler then serves every guidance scale of the grid.
+    scale = variables.get("sampling", {}).get("guidance_scale", s.guidance_scale)
+    guidance = dict(guidance_scale=scale, guidance_interval=s.guidance_interval)
     if s.guided and s.guide_workdir:  # autoguidance; not in training grids (no guide loaded)
       if "guide" in variables:
         guide = self.guide.denoiser(variables["guide"])
@@ -295,6 +298,13 @@ class DiffusionMethod(Method):
             "guidance_interval": s.guidance_interval, "guidance_rescale": s.guidance_rescale,
             "autoguidance": ({"workdir": s.guide_workdir, "step": s.guide_step}
                              if s.guide_workdir else None)}
+
+  def evaluations_per_image(self) -> int | None:
+    """Denoiser evaluations per image (classifier-free guidance runs each on a doubled
+    batch; autoguidance adds one guide evaluation each)."""
+    s = self.sampler
+    return diffusion.evaluations(s.sampler, self.diffusion.schedule, s.num_steps, s.spacing,
+                                 **dict(s.options))
 
   def sampling_tag(self) -> str:
     s = self.sampler
