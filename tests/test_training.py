@@ -129,3 +129,27 @@ def test_metrics_and_sample_grids_reach_tensorboard_and_jsonl(tmp_path):
   np.testing.assert_array_equal(shown, grid[..., 0])  # PNG: lossless
   png = np.asarray(Image.open(tmp_path / "samples" / "step_0000002.png"))
   np.testing.assert_array_equal(png, grid[..., 0])
+
+
+def test_loss_by_noise_level_is_the_binned_mean_over_a_log_window():
+  """Two steps' per-example losses binned by log-SNR through the log window equal numpy's
+  binned means over both steps' examples; an empty bin is not logged."""
+  from diffjax.methods.diffusion import LOGSNR_BINS, loss_by_logsnr
+  from diffjax.training import LogWindow
+  rng = np.random.default_rng(0)
+  losses = [rng.uniform(0, 2, 64).astype(np.float32) for _ in range(2)]
+  levels = [rng.uniform(-4, 20, 64).astype(np.float32) for _ in range(2)]  # none below -4
+  window = LogWindow()
+  for loss, level in zip(losses, levels):
+    window.add({"loss": jnp.mean(loss), **loss_by_logsnr(jnp.asarray(loss), jnp.asarray(level))})
+  row = window.read()
+  all_loss, all_level = np.concatenate(losses), np.concatenate(levels)
+  edges = [-np.inf, *LOGSNR_BINS, np.inf]
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    inside = (all_level >= lo) & (all_level < hi)
+    name = f"loss_by_logsnr/{lo:g}..{hi:g}"
+    if inside.any():
+      assert row[name] == pytest.approx(all_loss[inside].mean(), rel=1e-5)
+    else:
+      assert name not in row
+  assert "loss_by_logsnr/-inf..-7.5" not in row and not any("@" in k for k in row)

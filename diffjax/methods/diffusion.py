@@ -123,7 +123,7 @@ class SamplerSpec:
 
 def loss_fn(params, batch, rng, *, model, spec: DiffusionSpec, conditional: bool,
             train: bool = True, noise=None):
-  """Mean denoising loss of a batch; also returns the per-example losses.
+  """Mean denoising loss of a batch; also returns ``{"per_example": losses [B], "t": [B]}``.
 
   ``noise``: optional ``(t, eps)`` for the batch, as `draw_noise` makes them (micro-batches of
   one step take their slices of the whole batch's draw); by default they are drawn from ``rng``.
@@ -136,12 +136,29 @@ def loss_fn(params, batch, rng, *, model, spec: DiffusionSpec, conditional: bool
                        rngs={"dropout": rng_dropout})
 
   t, eps = noise if noise is not None else (None, None)
-  per_example, _ = diffusion.denoising_loss(
+  per_example, aux = diffusion.denoising_loss(
       net_fn, batch["image"], rng_loss, spec.schedule, spec.parameterization, cond=labels,
       weighting=spec.weighting, t_sampler=spec.t_sampler,
       t_sampler_options=dict(spec.t_sampler_options), min_snr_gamma=spec.min_snr_gamma,
       sigma_data=spec.sigma_data, t=t, eps=eps)
-  return jnp.mean(per_example), per_example
+  return jnp.mean(per_example), {"per_example": per_example, "t": aux["t"]}
+
+
+# Bin edges of the training loss by noise level (log-SNR); the outer bins are open.
+LOGSNR_BINS = (-7.5, -5.0, -2.5, 0.0, 2.5, 5.0, 7.5)
+
+
+def loss_by_logsnr(per_example, logsnr) -> dict[str, jax.Array]:
+  """``loss_by_logsnr/<bin>@sum`` and ``@count`` metrics: the training loop's log window sums
+  both over its steps and logs their ratio, the mean loss of each noise level."""
+  edges = (-jnp.inf, *LOGSNR_BINS, jnp.inf)
+  out = {}
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    name = f"loss_by_logsnr/{lo:g}..{hi:g}"
+    inside = (logsnr >= lo) & (logsnr < hi)
+    out[f"{name}@sum"] = jnp.sum(jnp.where(inside, per_example, 0.0))
+    out[f"{name}@count"] = jnp.sum(inside).astype(jnp.float32)
+  return out
 
 
 def draw_noise(rng, shape, spec: DiffusionSpec):
@@ -254,10 +271,13 @@ class DiffusionMethod(Method):
     # the step equals one on the whole batch; dropout masks are drawn per micro-batch.
     noise = (draw_noise(rng, batch["image"].shape, self.diffusion) if self.grad_accum > 1
              else None)
-    (loss, _), grads = value_and_grad(functools.partial(self.loss, rng=rng), net.params, batch,
-                                      noise, grad_accum=self.grad_accum)
+    (loss, aux), grads = value_and_grad(functools.partial(self.loss, rng=rng), net.params, batch,
+                                        noise, grad_accum=self.grad_accum)
     net = apply_gradients(net, self.networks["denoiser"].optimizer, grads)
-    return state.with_net("denoiser", net), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    # (with accumulation, of the last micro-batch's examples)
+    by_level = loss_by_logsnr(aux["per_example"], self.diffusion.schedule.logsnr(aux["t"]))
+    return state.with_net("denoiser", net), {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                                             **by_level}
 
   # --- sampling -----------------------------------------------------------------------------
   guide: "DiffusionMethod | None" = None  # autoguidance's guiding model (its own network)

@@ -40,9 +40,14 @@ class LogWindow:
     self._last = metrics
 
   def read(self) -> dict[str, float]:
-    """The window's averages and the last values of the other metrics; starts a new window."""
+    """The window's averages and the last values of the other metrics; starts a new window.
+    A pair ``<name>@sum`` / ``<name>@count`` is logged as their ratio ``<name>`` (a mean over
+    the examples of the window, e.g. per noise level), or not at all without examples."""
     sums, last = jax.device_get((self.sums, self._last))
-    row = {k: float(v) / self.count for k, v in sums.items()}
+    row = {k: float(v) / self.count for k, v in sums.items() if "@" not in k}
+    for key, total in sums.items():
+      if key.endswith("@sum") and float(sums[key[:-4] + "@count"]) > 0:
+        row[key[:-4]] = float(total) / float(sums[key[:-4] + "@count"])
     row.update({k: float(v) for k, v in last.items() if not is_averaged(k)})
     row["bad_records"] = float(self.bad_records)
     self.sums, self.count = None, 0
@@ -142,8 +147,8 @@ class Progress:
       return
     rate = scalars.get("steps_per_sec", float("nan"))
     eta = (self.total - step) / rate if rate > 0 else float("inf")
-    shown = " ".join(f"{k} {v:.4g}" for k, v in scalars.items()
-                     if k not in ("steps_per_sec", "images_per_sec"))
+    shown = " ".join(f"{k} {v:.4g}" for k, v in scalars.items()  # grouped ones: files only
+                     if k not in ("steps_per_sec", "images_per_sec") and "/" not in k)
     print(f"step {step}/{self.total} {shown} | {rate:.2f} steps/s "
           f"{scalars.get('images_per_sec', float('nan')):.0f} img/s | ETA {format_duration(eta)}",
           file=self.stream, flush=True)
