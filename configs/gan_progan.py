@@ -28,7 +28,9 @@ def get_config(arg=None):
   c = gan_base.apply_arg(c, arg, "progan", {"generator.fmap_base": 512,
                                             "generator.fmap_max": 64, "generator.z_dim": 64,
                                             "discriminator.fmap_base": 512,
-                                            "discriminator.fmap_max": 64})
+                                            "discriminator.fmap_max": 64,
+                                            "generator.structure": "blend",
+                                            "discriminator.structure": "blend"})
   if arg == "tiny":
     c.gan.growth_stable_steps = 4
     c.gan.growth_fade_steps = 4

@@ -303,6 +303,9 @@ def test_progan_fade_in_starts_at_the_previous_level_and_holds_every_level():
   np.testing.assert_allclose(at(2, 0.0), at(1, 1.0), rtol=1e-5, atol=1e-6)
   mid = at(2, 0.3)
   np.testing.assert_allclose(mid, 0.7 * at(1, 1.0) + 0.3 * at(2, 1.0), rtol=1e-4, atol=1e-5)
+  switch = models.get_model("progan-tiny-g", channels=1, structure="switch")
+  np.testing.assert_allclose(switch.apply(v, z, None, growth=(jnp.int32(2), jnp.float32(0.3))),
+                             mid, rtol=1e-5, atol=1e-6)  # lax.switch == every level blended
   assert at(0, 1.0)[:, ::4, ::4].shape == (4, 4, 4, 1)  # a 4x4 image upsampled
   np.testing.assert_array_equal(at(0, 1.0)[:, 0:4, 0:4], np.repeat(np.repeat(
       at(0, 1.0)[:, 0:1, 0:1], 4, 1), 4, 2))

@@ -31,10 +31,11 @@ register_variant("progan-32-g", ProGANGenerator, resolution=32, z_dim=512, fmap_
                  fmap_max=512)
 register_variant("progan-32-d", ProGANDiscriminator, resolution=32, fmap_base=8192,
                  fmap_max=512)
+# Tiny: every level computed and selected (the "blend" structure), far cheaper on CPU.
 register_variant("progan-tiny-g", ProGANGenerator, resolution=16, z_dim=16, fmap_base=64,
-                 fmap_max=16)
+                 fmap_max=16, structure="blend")
 register_variant("progan-tiny-d", ProGANDiscriminator, resolution=16, fmap_base=64,
-                 fmap_max=16, mbstd_group=2)
+                 fmap_max=16, mbstd_group=2, structure="blend")
 
 # --- BigGAN (Brock et al. 2019): ImageNet 128x128, ch 96, z 120, shared embedding 128 ---------
 register_variant("biggan-128-g", BigGANGenerator, resolution=128, ch=96, z_dim=120,
