@@ -128,7 +128,8 @@ def build(p, spec: PrepSpec, plan, out_dir: str, work_dir: str):
       spec.faces, spec.face_model, spec.face_score, spec.face_min_side, spec.face_margin,
       spec.scrub_captions, spec.face_second_pass, spec.face_verify_score, spec.phone_regions))
   encoded = private | "Encode" >> beam.ParDo(st.Encode(
-      spec.resolutions, spec.channels, spec.num_shards)).with_outputs("kept", main="records")
+      spec.resolutions, spec.channels, spec.num_shards, os.path.abspath(spec.path)
+      if spec.path else "")).with_outputs("kept", main="records")
   splits = list(plan.splits)
   every_shard = [((r, s, i), None) for r in spec.resolutions for s in splits
                  for i in range(spec.num_shards)]

@@ -213,8 +213,10 @@ class DropOutliers(beam.DoFn):
       yield ex
 
 
-def hash_key(ex) -> dedup.HashKey:
-  return dedup.HashKey(ex["id"], ex["split"], ex["feature"], ex["phash"])
+def hash_key(ex) -> tuple:
+  """An image's de-duplication key as a plain tuple (`dedup.HashKey` fields): Beam's coder
+  encodes tuples of str/bytes/int natively, named tuples only through pickle (5x slower)."""
+  return (ex["id"], ex["split"], ex["feature"], ex["phash"])
 
 
 class ExactGroups(beam.DoFn):
@@ -225,10 +227,10 @@ class ExactGroups(beam.DoFn):
 
   def process(self, item):
     _, keys = item
-    kept, dropped = dedup.resolve(list(keys), self._order)
+    kept, dropped = dedup.resolve([dedup.HashKey(*k) for k in keys], self._order)
     for k in dropped:
       yield beam.pvalue.TaggedOutput("drops", (k.id, ("exact_duplicate", _dup_detail(k, kept))))
-    yield kept
+    yield tuple(kept)
 
 
 def _dup_detail(dropped: dedup.HashKey, kept: dedup.HashKey) -> str:
@@ -236,20 +238,21 @@ def _dup_detail(dropped: dedup.HashKey, kept: dedup.HashKey) -> str:
   return f"of {kept.id}{cross}"
 
 
-def band_items(key: dedup.HashKey, num_bands: int, band_bits: int, hash_bands: bool):
+def band_items(key: tuple, num_bands: int, band_bits: int, hash_bands: bool):
   """``((band, value), key)`` for each LSH band of an image (and each perceptual-hash band when
   the hash rule is on): one group per band value."""
-  for band in dedup.band_keys(key.feature, num_bands, band_bits):
+  k = dedup.HashKey(*key)
+  for band in dedup.band_keys(k.feature, num_bands, band_bits):
     yield band, key
   if hash_bands:
-    for band in dedup.hash_band_keys(key.phash):
+    for band in dedup.hash_band_keys(k.phash):
       yield band, key
 
 
 def near_pairs(item, rule: dedup.NearRule):
   """Verified near-duplicate pairs of one band bucket (its size goes into the report)."""
   _, keys = item
-  keys = list(keys)
+  keys = [dedup.HashKey(*k) for k in keys]
   Metrics.distribution("prep", "bucket_size").update(len(keys))
   Metrics.counter("prep", "near_compared").inc(len(keys) * (len(keys) - 1) // 2)
   yield from dedup.close_pairs(keys, rule)
@@ -307,8 +310,9 @@ def shard_of(example_id: str, num_shards: int) -> int:
 class Encode(beam.DoFn):
   """One record per output resolution, keyed by its shard ``(res, split, index)``."""
 
-  def __init__(self, resolutions, channels: int, num_shards: int):
+  def __init__(self, resolutions, channels: int, num_shards: int, source_root: str = ""):
     self._resolutions, self._channels, self._num_shards = resolutions, channels, num_shards
+    self._root = source_root
 
   def process(self, ex):
     with _Timed("encode"):
@@ -316,7 +320,7 @@ class Encode(beam.DoFn):
       shard = shard_of(ex["id"], self._num_shards)
       for res in self._resolutions:
         out = center_crop_resize(image, res)
-        fields = {"id": ex["id"], "split": ex["split"], **provenance_fields(ex)}
+        fields = {"id": ex["id"], "split": ex["split"], **provenance_fields(ex, self._root)}
         if ex["caption"]:
           fields["caption"] = ex["caption"]
         record = encode_record(encode_png(out), ex["label"], **fields)
@@ -325,12 +329,18 @@ class Encode(beam.DoFn):
           yield beam.pvalue.TaggedOutput("kept", _kept_summary(ex, out))
 
 
-def provenance_fields(ex) -> dict[str, str]:
+def provenance_fields(ex, root: str = "") -> dict[str, str]:
   """What a record keeps about where its image came from: ``source`` (the URL the input gave,
-  else the file or archive member it was read from), and ``source_id``, ``licence`` and
-  ``attribution`` when the input gave them."""
+  else the file or archive member it was read from, relative to ``root``, the source path, so
+  no local folder layout or user name is written into the dataset), and ``source_id``,
+  ``licence`` and ``attribution`` when the input gave them."""
   prov = ex.get("provenance", {})
-  out = {"source": prov.get("url") or ex.get("source", "")}
+  source = ex.get("source", "")
+  if root and source.startswith(root.rstrip("/") + ":"):  # archive member
+    source = source[len(root.rstrip("/")) + 1:]
+  elif root and source.startswith(root.rstrip("/") + "/"):
+    source = os.path.relpath(source, root)
+  out = {"source": prov.get("url") or source}
   out.update({k: prov[k] for k in ("source_id", "licence", "attribution") if prov.get(k)})
   return out
 
