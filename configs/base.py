@@ -133,6 +133,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # --config.eval.grid.sampler="('ddim','heun')" --config.eval.grid.num_steps="(10,20)"; every
   # combination is scored against the same reference (finished cells are kept on relaunch).
   c.eval.grid = ml_collections.ConfigDict()
+  # Memorisation check: a sample is a copy when its nearest training image (in the feature
+  # net's space) is closer than factor x the quantile of held-out real images' distances.
+  c.eval.memorization = False
+  c.eval.memorization_quantile = 0.01
+  c.eval.memorization_factor = 0.5
 
   c.faults = ml_collections.ConfigDict()
   c.faults.nonfinite = "skip"  # non-finite loss/gradients: skip (the update) | abort

@@ -259,6 +259,9 @@ class EvalSpec:
   likelihood_num: int
   likelihood_batch: int
   grid: tuple[tuple[str, tuple], ...] = ()  # (sample field, its values) of a sweep
+  memorization: bool = False  # nearest training image of each sample (copy check)
+  memorization_quantile: float = 0.01
+  memorization_factor: float = 0.5
 
   @classmethod
   def from_config(cls, e, ck: FieldChecker, *, num_classes: int,
@@ -275,6 +278,10 @@ class EvalSpec:
     ck.positive_int(e.every_steps, "eval.every_steps", minimum=0)
     if isinstance(e.num_samples, int) and e.num_samples < 2:
       ck.require(False, "eval.num_samples", "needs at least 2 samples for a covariance")
+    ck.require(0 < e.get("memorization_quantile", 0.01) < 1, "eval.memorization_quantile",
+               f"must be in (0, 1), got {e.get('memorization_quantile')}")
+    ck.require(e.get("memorization_factor", 0.5) > 0, "eval.memorization_factor",
+               f"must be > 0, got {e.get('memorization_factor')}")
     grid = []
     for field, values in items(e.get("grid")):
       values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
@@ -286,7 +293,9 @@ class EvalSpec:
                bool(e.download_inception), e.classifier_steps, e.ref_split, e.ref_data_path,
                e.ref_path, e.num_samples, e.batch_size, e.seeds, e.name, e.every_steps,
                e.train_num_samples, e.kid_subset_size, e.pr_k, e.likelihood,
-               e.likelihood_num, e.likelihood_batch, tuple(grid))
+               e.likelihood_num, e.likelihood_batch, tuple(grid),
+               bool(e.get("memorization", False)), float(e.get("memorization_quantile", 0.01)),
+               float(e.get("memorization_factor", 0.5)))
 
 
 @dataclasses.dataclass(frozen=True)

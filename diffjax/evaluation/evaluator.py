@@ -13,7 +13,7 @@ import numpy as np
 
 from diffjax import data as data_lib
 from diffjax import images
-from diffjax.evaluation import domain_classifier, features, metrics, reference
+from diffjax.evaluation import domain_classifier, features, memorization, metrics, reference
 from diffjax.fields import ConfigError
 from diffjax.spec import DataSpec, EvalSpec
 
@@ -106,6 +106,26 @@ class Evaluator:
     except reference.ReferenceMismatch as err:
       raise ConfigError(str(err)) from None
     self.path = path
+    self._data = d
+    self._train = None
+
+  def training_set(self) -> tuple[np.ndarray, np.ndarray]:
+    """The training split as uint8 images and their features (computed once)."""
+    if self._train is None:
+      x, _ = real_images(self._data, split_source(self._data, self._data.split))
+      self._train = (x, self.net(x)["pool"])
+    return self._train
+
+  def memorization(self, generated_uint8: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The copy check of `diffjax.evaluation.memorization` against the training split, with
+    the threshold from the reference's held-out features; and the closest pairs (uint8)."""
+    e = self.eval
+    train_x, train_f = self.training_set()
+    result = memorization.check(self.net(generated_uint8)["pool"], train_f,
+                                self.ref["features"], quantile=e.memorization_quantile,
+                                factor=e.memorization_factor)
+    pairs = memorization.closest_pairs(generated_uint8, train_x, result)
+    return {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}, pairs
 
   def score(self, generated_uint8: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
     e = self.eval

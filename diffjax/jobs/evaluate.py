@@ -79,10 +79,17 @@ def score(spec: ExperimentSpec, workdir, mesh, params, step: int, evaluator=None
     scores["seconds"] = time.time() - t0
     per_seed.append(scores)
     log(f"seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    if seed == 0 and e.memorization:
+      copies, pairs = evaluator.memorization(x)
+      log(f"memorisation: {copies['copy_fraction']:.2%} of the samples are closer to a "
+          f"training image than {copies['threshold']:.4g}")
     if seed == 0 and jax.process_index() == 0:
       images.save_png(workdir / "eval" / f"{name}.png",
                       images.make_grid(x[:100], ncols=grid_columns(spec),
                                        upscale=spec.sample.upscale))
+      if e.memorization:  # each sample beside its nearest training image
+        images.save_png(workdir / "eval" / f"{name}_closest_pairs.png",
+                        images.make_grid(pairs, ncols=2, upscale=spec.sample.upscale))
   keys = [k for k in per_seed[0] if k != "seconds"]
   result = {"name": name, "checkpoint_step": step, "num_samples": e.num_samples,
             "seeds": e.seeds, "method": spec.method.name,
@@ -92,6 +99,8 @@ def score(spec: ExperimentSpec, workdir, mesh, params, step: int, evaluator=None
             "metrics": {k: _interval([p[k] for p in per_seed])["mean"] for k in keys},
             "intervals": {k: _interval([p[k] for p in per_seed]) for k in keys},
             "per_seed": per_seed, "seconds": time.time() - start}
+  if e.memorization:
+    result["memorization"] = copies
   if e.likelihood:
     result["metrics"].update(_test_likelihood(spec, params, jax.random.PRNGKey(7)))
   if jax.process_index() == 0:
