@@ -39,6 +39,8 @@ def identity_differences(saved: dict, current: dict) -> list[str]:
   for key in sorted(set(a) | set(b)):
     if key.startswith(_DRIVING_FIELDS):
       continue
+    if key not in a and b[key] in (None, False, 0, "", [], (), {}):
+      continue  # a field added to diffjax since the run began, left off: the same experiment
     if a.get(key, "<absent>") != b.get(key, "<absent>"):
       diffs.append(f"{key}: workdir has {a.get(key, '<absent>')!r}, "
                    f"this launch has {b.get(key, '<absent>')!r}")

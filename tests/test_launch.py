@@ -190,3 +190,14 @@ def test_two_processes_train_one_model_like_one_process_through_a_preemption(tmp
   np.testing.assert_allclose([resumed[k] for k in single], list(single.values()), rtol=1e-5)
   assert sorted(int(p.name) for p in (multi / "checkpoints").iterdir()
                 if p.name.isdigit()) == [step, 10]
+
+
+def test_fields_added_since_a_run_began_do_not_refuse_it_when_off():
+  from diffjax.workdir import identity_differences
+  saved = {"train": {"num_steps": 10, "ema_decay": 0.99}}
+  later = {"train": {"num_steps": 10, "ema_decay": 0.99, "posthoc_ema_stds": [],
+                     "posthoc_ema_every": 0}}
+  assert identity_differences(saved, later) == []
+  later["train"]["posthoc_ema_stds"] = [0.05]
+  assert identity_differences(saved, later) == [
+      "train.posthoc_ema_stds: workdir has '<absent>', this launch has [0.05]"]
