@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 from diffjax.spec import ConfigError
 
@@ -39,12 +40,19 @@ def identity_differences(saved: dict, current: dict) -> list[str]:
   for key in sorted(set(a) | set(b)):
     if key.startswith(_DRIVING_FIELDS):
       continue
-    if key not in a and b[key] in (None, False, 0, "", [], (), {}):
-      continue  # a field added to diffjax since the run began, left off: the same experiment
+    if key not in a:
+      continue  # a field added to diffjax since the run began: see `added_fields`
     if a.get(key, "<absent>") != b.get(key, "<absent>"):
       diffs.append(f"{key}: workdir has {a.get(key, '<absent>')!r}, "
                    f"this launch has {b.get(key, '<absent>')!r}")
   return diffs
+
+
+def added_fields(saved: dict, current: dict) -> list[str]:
+  """Identity fields the run's config.json lacks: added to diffjax since the run began. They
+  take their current values (new features default to the former behaviour)."""
+  a, b = _flatten(saved), _flatten(current)
+  return sorted(k for k in b if k not in a and not k.startswith(_DRIVING_FIELDS))
 
 
 def prepare(workdir: str | pathlib.Path, config, *, write: bool = True) -> pathlib.Path:
@@ -65,6 +73,11 @@ def prepare(workdir: str | pathlib.Path, config, *, write: bool = True) -> pathl
       raise ConfigError(f"workdir {workdir} was written by diffjax before its method layer "
                         f"(config.json has no method section; its checkpoints hold the old "
                         f"one-network state); train in a new --workdir")
+    added = added_fields(saved, current)
+    if added:
+      print(f"[diffjax] note: fields added to diffjax since this run began, at their current "
+            f"values: {', '.join(f'{k}={_flatten(current)[k]!r}' for k in added)}",
+            file=sys.stderr, flush=True)
     diffs = identity_differences(saved, current)
     if diffs:
       raise ConfigError(f"workdir {workdir} holds a different experiment; use another "

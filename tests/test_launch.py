@@ -192,12 +192,14 @@ def test_two_processes_train_one_model_like_one_process_through_a_preemption(tmp
                 if p.name.isdigit()) == [step, 10]
 
 
-def test_fields_added_since_a_run_began_do_not_refuse_it_when_off():
-  from diffjax.workdir import identity_differences
+def test_fields_added_since_a_run_began_are_named_not_refused():
+  from diffjax.workdir import added_fields, identity_differences
   saved = {"train": {"num_steps": 10, "ema_decay": 0.99}}
   later = {"train": {"num_steps": 10, "ema_decay": 0.99, "posthoc_ema_stds": [],
-                     "posthoc_ema_every": 0}}
+                     "posthoc_ema_every": 0}, "latent": {"dtype": "float32"}}
   assert identity_differences(saved, later) == []
-  later["train"]["posthoc_ema_stds"] = [0.05]
+  assert added_fields(saved, later) == ["latent.dtype", "train.posthoc_ema_every",
+                                        "train.posthoc_ema_stds"]
+  later["train"]["ema_decay"] = 0.9
   assert identity_differences(saved, later) == [
-      "train.posthoc_ema_stds: workdir has '<absent>', this launch has [0.05]"]
+      "train.ema_decay: workdir has 0.99, this launch has 0.9"]
