@@ -19,7 +19,7 @@ from diffjax.spec import ConfigError
 # Fields that may differ between launches on the same workdir (prefix match).
 _DRIVING_FIELDS = ("train.num_steps", "train.grad_accum", "logging.", "checkpoint.", "sample.",
                    "mesh.", "data.num_workers", "data.prefetch", "data.data_dir", "data.path",
-                   "experiment", "eval.", "faults.", "estimate.")
+                   "experiment", "eval.", "faults.", "estimate.", "encode.")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
