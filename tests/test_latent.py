@@ -224,3 +224,35 @@ def test_latent_diffusion_end_to_end_through_launch(tmp_path):
   assert result["num_samples"] == 32 and np.isfinite(result["metrics"]["fd"])
   ref = json.loads(str(np.load(ldm / "eval" / "ref_domain_test.npz")["fingerprint"]))
   assert ref["num_images"] == 180  # the digits' test images the latents came from
+
+
+def test_configs_carry_the_recipes_and_refuse_bad_latent_sections():
+  """DiT-XL/2 and DiT-B/2 on ImageNet-256 latents with the paper's numbers; the small configs
+  validate; a frozen autoencoder without weights, an unknown variant and an autoencoder
+  method without one are refused by field."""
+  for arg, name in (("encode", "DiT-XL/2"), ("B_encode", "DiT-B/2")):
+    spec = build_spec(_config("latent_imagenet256_dit", arg), num_devices=8,
+                      check_network=False)
+    m = spec.method
+    assert (m.model.name, m.x_shape, m.image_shape) == (name, (32, 32, 4), (256, 256, 3))
+    assert (m.optim.name, m.optim.lr, m.optim.weight_decay, spec.data.batch_size) == (
+        "adamw", 1e-4, 0.0, 256)
+    assert (spec.train.ema_decay, m.sampler.sampler, m.sampler.num_steps,
+            m.sampler.guidance_scale) == (0.9999, "ddpm", 250, 1.5)
+    assert m.latent.module.scaling_factor == 0.18215 and m.latent.spec.autoencoder == "sd-vae"
+  for name, arg in (("autoencoder_fmnist", None), ("latent_fmnist", "pixel")):
+    build_spec(_config(name, arg), num_devices=8, check_network=False)
+  bad = _config("latent_fmnist", "pixel_tiny", **{"latent.autoencoder": "vae-tinyy"})
+  with pytest.raises(ConfigError, match="config.latent.autoencoder: got 'vae-tinyy'"):
+    build_spec(bad, num_devices=8)
+  with pytest.raises(ConfigError, match="config.latent.weights: a frozen autoencoder needs"):
+    build_spec(_config("latent_fmnist", "pixel_tiny", **{"latent.autoencoder": "vae-tiny"}),
+               num_devices=8)
+  with pytest.raises(ConfigError, match="config.latent.kwargs: autoencoder variant 'vae-tiny' "
+                                        "got unknown argument"):
+    build_spec(_config("autoencoder_fmnist", "tiny", **{"latent.kwargs": {"widths": 3}}),
+               num_devices=8)
+  with pytest.raises(ConfigError, match="config.latent.autoencoder: the autoencoder method "
+                                        "trains"):
+    build_spec(_config("autoencoder_fmnist", "tiny", **{"latent.autoencoder": ""}),
+               num_devices=8)

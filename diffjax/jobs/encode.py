@@ -310,7 +310,7 @@ def encode(config, workdir: str) -> dict[str, Any]:
       f"({ae.record['fingerprint'][:12]}) into {out}; {nproc} process(es), "
       f"{jax.local_device_count()} device(s) each")
   written = 0
-  plans = {}
+  plans, timing = {}, {}
   for split in e.splits:
     try:
       source = split_source(spec.data, split, _pixel_path(spec, split))
@@ -326,6 +326,7 @@ def encode(config, workdir: str) -> dict[str, Any]:
     progress = _Progress(split, total, sum(size(k) for k in done))
     if done:
       log(f"encode {split}: {len(done)} of {len(mine)} shard(s) already done, verified")
+    t0 = time.time()
     for k in mine:
       if k in done:
         continue
@@ -333,11 +334,12 @@ def encode(config, workdir: str) -> dict[str, Any]:
       _encode_shard(encoder, source, spec, e, k * e.shard_size, min(n, (k + 1) * e.shard_size),
                     out / latent_data.shard_name(split, k, count), progress, kill)
       written += 1
+    timing[split] = {"seconds": time.time() - t0, "images": progress.done - progress.start_done}
   if nproc > 1:
     multihost_utils.sync_global_devices("diffjax-encode-shards")
   manifest = None
   if pid == 0:
-    manifest = _write_manifest(spec, e, ae, out, plans, time.time() - start_time)
+    manifest = _write_manifest(spec, e, ae, out, plans, time.time() - start_time, timing)
     if e.eval_split:
       reconstruction_metrics(spec, e, ae, out, workdir, local)
   if nproc > 1:
@@ -346,7 +348,7 @@ def encode(config, workdir: str) -> dict[str, Any]:
 
 
 def _write_manifest(spec: ExperimentSpec, e: EncodeSpec, ae: Autoencoder, out: pathlib.Path,
-                    plans, seconds: float) -> dict[str, Any]:
+                    plans, seconds: float, timing) -> dict[str, Any]:
   splits, latent_shape = {}, None
   for split, (source, n, count) in plans.items():
     shards, sums = [], None
@@ -366,7 +368,10 @@ def _write_manifest(spec: ExperimentSpec, e: EncodeSpec, ae: Autoencoder, out: p
               "autoencoder": ae.record, "latent_shape": latent_shape,
               "image_size": spec.data.image_size, "channels": spec.data.channels,
               "dtype": e.dtype, "flips": e.flip, "stored": "posterior moments (mean, logvar)",
-              "splits": splits, "seconds": seconds}
+              "splits": splits, "seconds": seconds,
+              "this_launch": {"process": 0, "devices": jax.local_device_count(), **{
+                  s: {**t, "images_per_s": t["images"] / max(t["seconds"], 1e-9)}
+                  for s, t in timing.items()}}}
   tmp = out / (latent_data.MANIFEST + ".tmp")
   tmp.write_text(json.dumps(manifest, indent=1))
   tmp.replace(out / latent_data.MANIFEST)
