@@ -100,18 +100,17 @@ def close_pairs(keys: list[HashKey], rule: NearRule
     return
   f = np.stack([np.frombuffer(k.feature, np.int8) for k in keys]).astype(np.float32)
   f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-9)
-  low = min(rule.min_similarity, rule.hash_min_similarity) if rule.max_hamming else \
-      rule.min_similarity
+  hashes = np.array([k.phash for k in keys], dtype=np.uint64)
   for lo in range(0, len(keys) - 1, _BLOCK):
     sims = f[lo:lo + _BLOCK] @ f.T
-    rows, cols = np.nonzero(sims >= low)
+    near = sims >= rule.min_similarity
+    if rule.max_hamming:
+      bits = np.bitwise_count(hashes[lo:lo + _BLOCK, None] ^ hashes[None, :])
+      near |= (bits <= rule.max_hamming) & (sims >= rule.hash_min_similarity)
+    rows, cols = np.nonzero(near)
     for i, j in zip(rows + lo, cols):
-      if j <= i:
-        continue
-      sim = float(sims[i - lo, j])
-      if sim >= rule.min_similarity or (
-          rule.max_hamming and (keys[i].phash ^ keys[j].phash).bit_count() <= rule.max_hamming):
-        yield keys[i], keys[j], sim
+      if j > i:
+        yield keys[i], keys[j], float(sims[i - lo, j])
 
 
 def drop_candidate(pair: tuple[HashKey, HashKey, float], order):
