@@ -222,6 +222,7 @@ def _plot_fd_vs_nfe(path, rows: list[dict], fields: list[str]) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   samplers = sorted({str(r.get("sampler", "")) for r in rows})
   fig, axes = plt.subplots(1, len(samplers), figsize=(4.5 * len(samplers), 3.6), squeeze=False)
   others = [f for f in fields if f not in ("sampler", "num_steps")]
@@ -236,6 +237,8 @@ def _plot_fd_vs_nfe(path, rows: list[dict], fields: list[str]) -> None:
     ax.set_xlabel("network evaluations per image")
     ax.set_ylabel("FD")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
