@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pathlib
 import re
-import struct
-from typing import Any, Iterable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,106 +34,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.models.autoencoder import AutoencoderKL, ConvStack, architecture, normalization
+from diffjax.models import weight_files
+from diffjax.models.weight_files import (WeightImportError, default_cache_dir, flatten, names,
+                                         read_header, read_safetensors, sha256_file, strict_map,
+                                         to_flax, torch_shape, unflatten)
 
 FORMAT = "diffjax-autoencoder"  # the .npz files of this module
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 # diffusers' deprecated attention names (converted by its loader; accepted here the same way).
 _LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-
-
-class WeightImportError(ValueError):
-  """A weight file that does not fit the network; the message names the tensors."""
-
-
-def default_cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("DIFFJAX_CACHE", pathlib.Path.home() / ".cache" / "diffjax"))
-
-
-def sha256_file(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-# --- reading .safetensors ---------------------------------------------------------------------
-def read_header(path) -> dict[str, dict[str, Any]]:
-  """The tensor table of a ``.safetensors`` file, checked against the file's size.
-
-  Raises:
-    WeightImportError: not a safetensors file, a damaged header, a tensor whose byte range
-      does not match its shape and dtype, or a file that ends before some tensor's bytes (those
-      tensors are named).
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise WeightImportError(f"{path}: no such file")
-  size = path.stat().st_size
-  with open(path, "rb") as f:
-    head = f.read(8)
-    if len(head) < 8:
-      raise WeightImportError(f"{path}: not a safetensors file ({size} bytes, no header)")
-    (n,) = struct.unpack("<Q", head)
-    if n > size - 8:
-      raise WeightImportError(f"{path}: truncated or not a safetensors file: its header claims "
-                              f"{n} bytes but the file holds {size - 8} after the length")
-    raw = f.read(n)
-  try:
-    header = json.loads(raw)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise WeightImportError(f"{path}: damaged safetensors header ({e})") from None
-  header.pop("__metadata__", None)
-  data_size = size - 8 - n
-  beyond, bad = [], []
-  for name, entry in header.items():
-    try:
-      dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-    except (KeyError, TypeError, ValueError):
-      bad.append(f"{name!r}: malformed entry {entry!r}")
-      continue
-    if dtype not in _DTYPE_BYTES:
-      bad.append(f"{name!r}: unknown dtype {dtype!r}")
-    elif end - start != math.prod(shape) * _DTYPE_BYTES[dtype]:
-      bad.append(f"{name!r}: {end - start} bytes cannot hold {dtype} {tuple(shape)}")
-    if end > data_size:
-      beyond.append((start, name))
-  if beyond:
-    names = [name for _, name in sorted(beyond)]
-    raise WeightImportError(
-        f"{path} is truncated: its data ends at byte {data_size}, before the end of "
-        f"{len(names)} tensor(s): {_names(names)} (download or copy it again)")
-  if bad:
-    raise WeightImportError(f"{path}: damaged tensor table: " + "; ".join(bad[:10]))
-  return header
-
-
-def read_safetensors(path) -> dict[str, np.ndarray]:
-  """Every tensor of a checked (`read_header`) ``.safetensors`` file as float32 numpy."""
-  from safetensors import safe_open
-  header = read_header(path)
-  not_float = sorted(k for k, v in header.items() if v["dtype"] not in _FLOAT_DTYPES)
-  if not_float:
-    raise WeightImportError(f"{path}: tensors of non-float dtype {_names(not_float)}")
-  out = {}
-  with safe_open(str(path), framework="numpy") as f:
-    for name in f.keys():
-      if header[name]["dtype"] == "BF16":
-        continue  # numpy has no bfloat16: read below through JAX
-      out[name] = np.asarray(f.get_tensor(name), np.float32)
-  bf16 = [k for k, v in header.items() if v["dtype"] == "BF16"]
-  if bf16:
-    with safe_open(str(path), framework="flax") as f:
-      for name in bf16:
-        out[name] = np.asarray(f.get_tensor(name).astype(jnp.float32))
-  return out
-
-
-def _names(names: list[str], limit: int = 12) -> str:
-  shown = ", ".join(repr(n) for n in names[:limit])
-  return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+# Reading files, hashing and the strict name/shape check are shared with the denoiser importers
+# (diffjax.models.weight_files); the names stay importable from here.
+_names = names
+_to_flax, _torch_shape, _flatten, _unflatten = to_flax, torch_shape, flatten, unflatten
 
 
 # --- diffusers names <-> Flax parameters -----------------------------------------------------
@@ -169,41 +79,6 @@ def diffusers_name(path: tuple[str, ...]) -> tuple[str, str]:
   return ".".join(parts + ["weight" if leaf in ("kernel", "scale") else "bias"]), kind
 
 
-def _to_flax(tensor: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "conv":
-    return np.transpose(tensor, (2, 3, 1, 0))  # [O, I, kh, kw] -> [kh, kw, I, O]
-  if kind == "linear":
-    return np.transpose(tensor, (1, 0))  # [out, in] -> [in, out]
-  return tensor
-
-
-def _torch_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
-  if kind == "conv":
-    kh, kw, i, o = shape
-    return (o, i, kh, kw)
-  if kind == "linear":
-    return tuple(reversed(shape))
-  return tuple(shape)
-
-
-def _flatten(tree, path=()) -> Iterable[tuple[tuple[str, ...], Any]]:
-  if isinstance(tree, dict) or hasattr(tree, "items"):
-    for k in sorted(tree):
-      yield from _flatten(tree[k], path + (k,))
-  else:
-    yield path, tree
-
-
-def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
-  out: dict = {}
-  for path, value in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = value
-  return out
-
-
 def abstract_params(module: AutoencoderKL) -> dict:
   """The parameter shapes of ``module`` (no compute)."""
   side = 2 * module.downsampling
@@ -232,31 +107,14 @@ def from_diffusers(tensors: dict[str, np.ndarray], module: AutoencoderKL, source
     WeightImportError: tensors the network has no place for, parameters the file lacks, or
       shapes that differ; every offending name is listed (in diffusers' names).
   """
-  where = f"{source}: " if source else ""
   tensors = _canonical(tensors)
   expected = {}
   for path, leaf in _flatten(abstract_params(module)):
     name, kind = diffusers_name(path)
     expected[name] = (path, kind, tuple(leaf.shape))
-  missing = sorted(set(expected) - set(tensors))
-  unexpected = sorted(set(tensors) - set(expected))
-  wrong = []
-  for name in sorted(set(expected) & set(tensors)):
-    _, kind, shape = expected[name]
-    want = _torch_shape(shape, kind)
-    if tuple(tensors[name].shape) != want:
-      wrong.append(f"{name!r} has shape {tuple(tensors[name].shape)}, the network expects {want}")
-  if missing or unexpected or wrong:
-    problems = []
-    if missing:
-      problems.append(f"missing tensor(s) {_names(missing)}")
-    if unexpected:
-      problems.append(f"unexpected tensor(s) {_names(unexpected)}")
-    if wrong:
-      problems.append("wrong shape(s): " + "; ".join(wrong[:10]) +
-                      (f"; and {len(wrong) - 10} more" if len(wrong) > 10 else ""))
-    raise WeightImportError(
-        f"{where}the weights do not fit {describe(module)}: " + " | ".join(problems))
+  strict_map(tensors, {name: _torch_shape(shape, kind)
+                       for name, (_, kind, shape) in expected.items()},
+             describe(module), source=source)
   return _unflatten({path: _to_flax(tensors[name], kind).astype(np.float32)
                      for name, (path, kind, _) in expected.items()})
 
@@ -271,13 +129,7 @@ def describe(module: AutoencoderKL) -> str:
 # --- identity ---------------------------------------------------------------------------------
 def params_sha256(params) -> str:
   """SHA-256 of a parameter tree (names, shapes and float32 bytes, in sorted order)."""
-  h = hashlib.sha256()
-  for path, leaf in _flatten(nn.meta.unbox(params)):
-    arr = np.ascontiguousarray(np.asarray(leaf, np.float32))
-    h.update("/".join(path).encode())
-    h.update(str(arr.shape).encode())
-    h.update(arr.tobytes())
-  return h.hexdigest()
+  return weight_files.params_sha256(params, nn.meta.unbox)
 
 
 def fingerprint(module: AutoencoderKL, params_hash: str) -> str:
