@@ -8,6 +8,8 @@ starts as the identity and the network outputs zeros at initialisation.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,9 +20,9 @@ from diffjax.models.layers import (NORM_STATISTICS, Conv, Dense, Dtype, LabelEmb
                                    sincos_2d_position_embedding)
 
 
-def _norm_modulate(x, shift, scale):
+def _norm_modulate(x, shift, scale, epsilon: float = 1e-6):
   """adaLN: LayerNorm (float32 statistics) without affine, then the per-image shift and scale."""
-  return layer_norm_no_affine(x) * (1 + scale[:, None, :]) + shift[:, None, :]
+  return layer_norm_no_affine(x, epsilon) * (1 + scale[:, None, :]) + shift[:, None, :]
 
 
 # The same, keeping only x, shift, scale and the per-token statistics for the backward pass
@@ -41,6 +43,16 @@ def _norm_modulate_kept(x, shift, scale):
   return _norm_modulate(jax.lax.optimization_barrier(x), shift, scale)
 
 
+@functools.lru_cache(maxsize=None)
+def _norm_modulators(epsilon: float):
+  """``(lean, kept)`` norm-modulate functions with another LayerNorm epsilon than 1e-6."""
+  if epsilon == 1e-6:
+    return _norm_modulate_lean, _norm_modulate_kept
+  fn = functools.partial(_norm_modulate, epsilon=epsilon)
+  lean = recompute_in_backward(fn, keep=(NORM_STATISTICS,))
+  return lean, lambda x, shift, scale: fn(jax.lax.optimization_barrier(x), shift, scale)
+
+
 class DiTBlock(nn.Module):
   """Pre-norm transformer block with adaLN-Zero conditioning."""
 
@@ -49,6 +61,7 @@ class DiTBlock(nn.Module):
   mlp_ratio: float = 4.0
   attention_implementation: str | None = None
   lean_residuals: bool = True
+  mlp_norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -57,6 +70,7 @@ class DiTBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     lean = self.lean_residuals
     norm_modulate = _norm_modulate_lean if lean else _norm_modulate_kept
+    mlp_norm_modulate = _norm_modulators(float(self.mlp_norm_eps))[0 if lean else 1]
     gelu = gelu_tanh if lean else lambda h: nn.gelu(h, approximate=True)
     mod = Dense(6 * self.hidden_size, names=("embed", "mlp"), zero_init=True, name="adaln",
                 **kw)(nn.silu(c))
@@ -65,7 +79,7 @@ class DiTBlock(nn.Module):
     h = SelfAttention(self.num_heads, implementation=self.attention_implementation,
                       recompute_probabilities=lean, name="attn", **kw)(h)
     x = x + gate_msa[:, None, :] * h
-    h = norm_modulate(x, shift_mlp, scale_mlp)
+    h = mlp_norm_modulate(x, shift_mlp, scale_mlp)
     h = Dense(int(self.hidden_size * self.mlp_ratio), names=("embed", "mlp"), name="mlp_in",
               **kw)(h)
     h = Dense(self.hidden_size, names=("mlp", "embed"), name="mlp_out", **kw)(gelu(h))
@@ -92,7 +106,15 @@ class DiT(nn.Module):
       `layers.recompute_in_backward`; measurements in experiments/benchmarks/memory/
       residuals_lean.md and throughput/ab_lean_residuals*.md). False keeps everything
       autodiff keeps.
+    freq_shift: the noise level's sinusoidal frequencies (`layers.sinusoidal_embedding`): 0 in
+      the DiT release, 1 in diffusers' ``DiTTransformer2DModel`` port of it.
+    mlp_norm_eps: epsilon of the LayerNorm before each block's MLP: 1e-6 in the DiT release,
+      1e-5 (its ``norm_eps``) in diffusers' port.
     dtype: compute dtype; param_dtype: parameter dtype.
+
+  With ``out_channels = 2 * channels`` the second half is the learned-variance output of
+  Nichol & Dhariwal (the DiT release's ``learn_sigma``), see
+  `diffjax.diffusion.learned_variance`.
   """
 
   patch_size: int = 2
@@ -106,6 +128,8 @@ class DiT(nn.Module):
   attention_implementation: str | None = None
   remat: str = ""
   lean_residuals: bool = True
+  freq_shift: float = 0.0
+  mlp_norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -131,7 +155,8 @@ class DiT(nn.Module):
     tokens = tokens + jnp.asarray(pos, self.dtype)[None]
 
     std02 = nn.initializers.normal(0.02)
-    c = NoiseEmbedding(self.hidden_size, 256, init=std02, name="noise_embed", **kw)(noise_level)
+    c = NoiseEmbedding(self.hidden_size, 256, init=std02, freq_shift=self.freq_shift,
+                       name="noise_embed", **kw)(noise_level)
     if self.num_classes:
       if labels is None:
         raise ValueError("this DiT is class-conditional (num_classes > 0): pass labels")
@@ -141,8 +166,8 @@ class DiT(nn.Module):
     block = remat_block(DiTBlock, self.remat)
     for i in range(self.depth):
       tokens = block(self.hidden_size, self.num_heads, self.mlp_ratio,
-                     self.attention_implementation, self.lean_residuals, name=f"block_{i}",
-                     **kw)(tokens, c)
+                     self.attention_implementation, self.lean_residuals, self.mlp_norm_eps,
+                     name=f"block_{i}", **kw)(tokens, c)
 
     out_ch = self.out_channels or channels
     shift, scale = jnp.split(Dense(2 * self.hidden_size, names=("embed", "mlp"), zero_init=True,

@@ -206,37 +206,60 @@ def layer_norm_no_affine(x, epsilon: float = 1e-6):
 gelu_tanh = recompute_in_backward(functools.partial(nn.gelu, approximate=True))
 
 
-def sinusoidal_embedding(noise_level, dim: int, max_period: float = 10000.0):
+def sinusoidal_embedding(noise_level, dim: int, max_period: float = 10000.0,
+                         freq_shift: float = 0.0, sin_first: bool = False):
   """Transformer-style embedding of a per-example scalar (ADM/DiT layout: [cos, sin]).
+
+  Frequencies are ``max_period ** (-i / (dim / 2 - freq_shift))`` for ``i < dim / 2``.
+  ``freq_shift=1`` with ``sin_first`` is Ho et al.'s DDPM embedding (diffusers
+  ``freq_shift=1, flip_sin_to_cos=False``); diffusers' DiT port uses ``freq_shift=1`` with
+  [cos, sin] where the DiT release uses 0.
 
   Args:
     noise_level: [batch] float.
     dim: embedding width (even).
+    max_period: the longest period.
+    freq_shift: subtracted from ``dim / 2`` in the frequency exponent's denominator.
+    sin_first: [sin, cos] instead of [cos, sin].
 
   Returns:
     [batch, dim] float32.
   """
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) /
+                  (half - freq_shift))
   args = jnp.asarray(noise_level, jnp.float32)[:, None] * freqs[None]
-  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  parts = [jnp.sin(args), jnp.cos(args)] if sin_first else [jnp.cos(args), jnp.sin(args)]
+  emb = jnp.concatenate(parts, axis=-1)
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
 
 
 class NoiseEmbedding(nn.Module):
-  """Sinusoidal features of the noise level followed by a two-layer MLP."""
+  """Sinusoidal features of the noise level followed by a two-layer MLP.
+
+  ``augment`` [batch, k] (EDM's augmentation labels, Karras et al. 2022) is mapped linearly,
+  without bias, onto the sinusoidal features before the MLP, as EDM's ``map_augment``; None
+  (sampling) adds nothing, which equals all-zero labels.
+  """
 
   features: int
   frequency_dim: int
   init: Any = xavier_uniform
+  freq_shift: float = 0.0
+  sin_first: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, noise_level):
-    h = sinusoidal_embedding(noise_level, self.frequency_dim).astype(self.dtype)
+  def __call__(self, noise_level, augment=None):
+    h = sinusoidal_embedding(noise_level, self.frequency_dim, freq_shift=self.freq_shift,
+                             sin_first=self.sin_first).astype(self.dtype)
+    if augment is not None:
+      h = h + Dense(self.frequency_dim, names=(None, "mlp"), use_bias=False, name="augment",
+                    dtype=self.dtype, param_dtype=self.param_dtype)(
+                        jnp.asarray(augment, self.dtype))
     kw = dict(kernel_init=self.init, dtype=self.dtype, param_dtype=self.param_dtype)
     h = Dense(self.features, names=(None, "mlp"), name="fc1", **kw)(h)
     return Dense(self.features, names=("mlp", "embed"), name="fc2", **kw)(nn.silu(h))

@@ -47,14 +47,15 @@ class ResBlock(nn.Module):
   resample: str | None = None  # None, "up" or "down"
   norm_groups: int = 32
   lean_residuals: bool = False
+  norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, train: bool):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = lambda name, **a: GroupNorm(self.norm_groups, lean=self.lean_residuals, name=name,
-                                       **a, **kw)
+    norm = lambda name, **a: GroupNorm(self.norm_groups, self.norm_eps, lean=self.lean_residuals,
+                                       name=name, **a, **kw)
     h = norm("norm1", activation=nn.silu)(x)
     if self.resample == "up":
       h, x = _upsample_nearest(h), _upsample_nearest(x)
@@ -83,6 +84,7 @@ class AttentionBlock(nn.Module):
   skip_rescale: bool = False
   norm_groups: int = 32
   lean_residuals: bool = False
+  norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -90,7 +92,7 @@ class AttentionBlock(nn.Module):
   def __call__(self, x):
     b, h, w, c = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y = GroupNorm(self.norm_groups, lean=self.lean_residuals, name="norm", **kw)(x)
+    y = GroupNorm(self.norm_groups, self.norm_eps, lean=self.lean_residuals, name="norm", **kw)(x)
     y = SelfAttention(self.num_heads, zero_init_out=True,
                       recompute_probabilities=self.lean_residuals, name="attn",
                       **kw)(y.reshape(b, h * w, c))
@@ -125,7 +127,18 @@ class UNet(nn.Module):
       about a third of the residuals. Off by default: it costs step time (measurements in
       experiments/benchmarks/memory/residuals_lean.md and
       throughput/ab_lean_residuals_unet_cpu.md); turn it on where activations limit the batch.
+    norm_eps: GroupNorm epsilon (1e-6: DDPM and diffusers' DDPM checkpoints; ADM: 1e-5).
+    embedding_freq_shift, embedding_sin_first: the noise level's sinusoidal features
+      (`layers.sinusoidal_embedding`): ``(0, False)`` is ADM's [cos, sin]; Ho et al.'s DDPM
+      (and its diffusers checkpoints) is ``(1, True)``.
+    augment_dim: width of EDM's augmentation labels (Karras et al. 2022, non-leaky
+      augmentation; 9 for its geometric pipeline), fed through ``augment_labels`` onto the
+      noise features before the embedding MLP (0 = none).
+    stem_width: output channels of the input convolution (default ``ch``; ADM uses
+      ``ch * ch_mult[0]``, which differs for its 512x512 model).
     dtype: compute dtype; param_dtype: parameter dtype.
+
+  ``ch_mult`` may hold fractions where ``ch * mult`` is a whole number (ADM 512x512: 0.5).
   """
 
   ch: int = 128
@@ -145,15 +158,28 @@ class UNet(nn.Module):
   norm_groups: int = 32
   remat: str = ""
   lean_residuals: bool = False
+  norm_eps: float = 1e-6
+  embedding_freq_shift: float = 0.0
+  embedding_sin_first: bool = False
+  augment_dim: int = 0
+  stem_width: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def _heads(self, channels: int) -> int:
     return channels // self.head_channels if self.head_channels else self.num_heads
 
+  def _width(self, mult) -> int:
+    width = self.ch * mult
+    if width != int(width):
+      raise ValueError(f"ch * ch_mult must be whole numbers, got {self.ch} * {mult}")
+    return int(width)
+
   @nn.compact
-  def __call__(self, x, noise_level, labels=None, *, train: bool = False):
-    """Args: x [B, H, W, C]; noise_level [B]; labels [B] int or None; train enables dropout.
+  def __call__(self, x, noise_level, labels=None, *, train: bool = False, augment_labels=None):
+    """Args: x [B, H, W, C]; noise_level [B]; labels [B] int or None; train enables dropout;
+    augment_labels [B, augment_dim] float or None (zeros: no augmentation; only with
+    ``augment_dim``).
 
     Returns: [B, H, W, out_channels] in ``dtype``.
     """
@@ -165,7 +191,14 @@ class UNet(nn.Module):
                        f"{2 ** (levels - 1)}, got {x.shape[1:3]}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     emb_dim = self.ch * self.emb_mult
-    emb = NoiseEmbedding(emb_dim, self.ch, name="noise_embed", **kw)(noise_level)
+    if augment_labels is not None and augment_labels.shape[-1] != self.augment_dim:
+      raise ValueError(f"augment_labels of width {augment_labels.shape[-1]} for a UNet with "
+                       f"augment_dim={self.augment_dim}")
+    if self.augment_dim and augment_labels is None:  # sampling: no augmentation
+      augment_labels = jnp.zeros((x.shape[0], self.augment_dim), jnp.float32)
+    emb = NoiseEmbedding(emb_dim, self.ch, freq_shift=self.embedding_freq_shift,
+                         sin_first=self.embedding_sin_first, name="noise_embed",
+                         **kw)(noise_level, augment_labels if self.augment_dim else None)
     if self.num_classes:
       if labels is None:
         raise ValueError("this UNet is class-conditional (num_classes > 0): pass labels")
@@ -173,18 +206,18 @@ class UNet(nn.Module):
                                  name="label_embed", **kw)(labels, train)
     block = dict(dropout=self.dropout, scale_shift_norm=self.scale_shift_norm,
                  skip_rescale=self.skip_rescale, norm_groups=self.norm_groups,
-                 lean_residuals=self.lean_residuals, **kw)
+                 lean_residuals=self.lean_residuals, norm_eps=self.norm_eps, **kw)
     attn = dict(skip_rescale=self.skip_rescale, norm_groups=self.norm_groups,
-                lean_residuals=self.lean_residuals, **kw)
+                lean_residuals=self.lean_residuals, norm_eps=self.norm_eps, **kw)
     res_block = remat_block(ResBlock, self.remat, static_argnums=(3,))
     attn_block = remat_block(AttentionBlock, self.remat)
 
-    h = Conv(self.ch, name="conv_in", **kw)(x.astype(self.dtype))
+    h = Conv(self.stem_width or self.ch, name="conv_in", **kw)(x.astype(self.dtype))
     skips = [h]
     res = x.shape[1]
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
-        h = res_block(self.ch * mult, name=f"down_{level}_{i}", **block)(h, emb, train)
+        h = res_block(self._width(mult), name=f"down_{level}_{i}", **block)(h, emb, train)
         if res in self.attn_resolutions:
           h = attn_block(self._heads(h.shape[-1]), name=f"down_{level}_{i}_attn", **attn)(h)
         skips.append(h)
@@ -204,7 +237,7 @@ class UNet(nn.Module):
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = res_block(self.ch * mult, name=f"up_{level}_{i}", **block)(h, emb, train)
+        h = res_block(self._width(mult), name=f"up_{level}_{i}", **block)(h, emb, train)
         if res in self.attn_resolutions:
           h = attn_block(self._heads(h.shape[-1]), name=f"up_{level}_{i}_attn", **attn)(h)
       if level != 0:
@@ -215,6 +248,6 @@ class UNet(nn.Module):
           h = Conv(h.shape[-1], name=f"up_{level}_resample", **kw)(_upsample_nearest(h))
         res *= 2
 
-    h = GroupNorm(self.norm_groups, activation=nn.silu, lean=self.lean_residuals,
+    h = GroupNorm(self.norm_groups, self.norm_eps, activation=nn.silu, lean=self.lean_residuals,
                   name="norm_out", **kw)(h)
     return Conv(self.out_channels or x.shape[-1], zero_init=True, name="conv_out", **kw)(h)
