@@ -17,10 +17,10 @@ from diffjax.diffusion.parameterization import (NOISE_INPUTS, PARAMETERIZATIONS,
                                                 get_parameterization, make_denoiser,
                                                 noise_level, parameterization_names, to_x0_eps)
 from diffjax.diffusion.samplers import (SAMPLERS, SPACINGS, TimeGrid, default_spacing,
-                                        evaluations, posterior_coefficients, sample,
-                                        time_grid)
-from diffjax.diffusion.schedules import (SCHEDULES, CosineSchedule, EDMSchedule, FlowSchedule,
-                                         LinearSchedule, Schedule, VESchedule, VPSchedule,
-                                         broadcast_to_rank, get_schedule, register_schedule,
-                                         schedule_names)
-
+                                        evaluations, posterior_coefficients, respaced_steps,
+                                        sample, time_grid)
+from diffjax.diffusion.schedules import (SCHEDULES, CosineSchedule, DiscreteCosineSchedule,
+                                         EDMSchedule, FlowSchedule, LinearSchedule, Schedule,
+                                         VESchedule, VPSchedule, broadcast_to_rank, get_schedule,
+                                         register_schedule, schedule_names)
+from diffjax.diffusion import learned_variance  # noqa: E402  (Nichol & Dhariwal's variances)

@@ -30,7 +30,7 @@ from diffjax.diffusion.schedules import Schedule, broadcast_to_rank
 from diffjax.registry import Registry
 
 PREDICTION_KINDS = ("x0", "eps", "v", "score", "flow")
-NOISE_INPUTS = ("t", "logsnr", "log_sigma")
+NOISE_INPUTS = ("t", "logsnr", "log_sigma", "step_index")
 
 # net_fn(x_in, noise_level, cond) -> output with the shape of x_in.
 NetFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
@@ -108,10 +108,17 @@ def noise_level(kind: str, t, schedule: Schedule):
   """The scalar per example that the network is conditioned on.
 
   ``"t"``: ``1000 t`` (DDPM's step index scale); ``"logsnr"``: the log-SNR; ``"log_sigma"``:
-  EDM's ``c_noise = ln(sigma / alpha) / 4``.
+  EDM's ``c_noise = ln(sigma / alpha) / 4``; ``"step_index"``: the 0-based index ``N t - 1`` of
+  step ``n = N t`` of a discrete chain of N steps, which is what the published DDPM, ADM and
+  DiT networks were trained on (their step 0 is diffjax's ``t = 1 / N``).
   """
   if kind == "t":
     return 1000.0 * jnp.asarray(t, jnp.float32)
+  if kind == "step_index":
+    if schedule.num_timesteps is None:
+      raise ValueError(f"noise_input 'step_index' needs a discrete schedule (e.g. linear), not "
+                       f"{schedule.name!r}")
+    return schedule.num_timesteps * jnp.asarray(t, jnp.float32) - 1.0
   if kind == "logsnr":
     return schedule.logsnr(t)
   if kind == "log_sigma":

@@ -40,7 +40,7 @@ from diffjax.diffusion.guidance import autoguidance, classifier_free_guidance
 from diffjax.diffusion.schedules import Schedule
 from diffjax.registry import Registry
 
-SPACINGS = ("auto", "uniform", "edm", "logsnr", "quadratic")
+SPACINGS = ("auto", "uniform", "edm", "logsnr", "quadratic", "respaced")
 
 
 class TimeGrid(NamedTuple):
@@ -70,6 +70,10 @@ def time_grid(schedule: Schedule, num_steps: int, spacing: str = "uniform", *,
       whatever the schedule (a VP schedule's alpha(1) may be 0 or tiny, where a first step of
       a million in ``sigma / alpha`` wrecks any solver): ``"edm"``, rho-spaced in
       ``sigma / alpha`` (Karras et al.), and ``"logsnr"``, uniform in log-SNR (Lu et al.).
+      ``"respaced"``: the steps of a discrete chain (``schedule.num_timesteps``) that
+      guided-diffusion's ``space_timesteps(N, str(num_steps))`` keeps (ADM's and DiT's
+      ``timestep_respacing``; the whole chain when ``num_steps`` is its length), ending on
+      clean data: `respaced_steps`.
       ``"auto"`` is not a grid: `sample` resolves it per sampler (`default_spacing`).
     rho: the EDM spacing exponent.
     t_max: first time (default ``schedule.t_max``).
@@ -88,6 +92,10 @@ def time_grid(schedule: Schedule, num_steps: int, spacing: str = "uniform", *,
                      "default_spacing(sampler, schedule)")
   if spacing not in SPACINGS:
     raise ValueError(f"unknown spacing {spacing!r}; allowed: {', '.join(SPACINGS)}")
+  if spacing == "respaced":
+    if t_max is not None or t_min is not None:
+      raise ValueError("spacing='respaced' walks the chain's own steps: no t_max / t_min")
+    return _respaced_grid(schedule, num_steps)
   with jax.ensure_compile_time_eval():
     t_max = float(schedule.t_max if t_max is None else t_max)
     t_min = float(schedule.t_min if t_min is None else t_min)
@@ -127,6 +135,38 @@ def time_grid(schedule: Schedule, num_steps: int, spacing: str = "uniform", *,
       sigma = jnp.append(sigma, 0.0)
       logsnr = jnp.append(logsnr, jnp.inf)
   return TimeGrid(t, alpha, sigma, logsnr, clean_end)
+
+
+def respaced_steps(num_timesteps: int, num_steps: int) -> list[int]:
+  """The 0-based steps of a chain of ``num_timesteps`` that guided-diffusion's
+  ``space_timesteps(num_timesteps, str(num_steps))`` keeps, ascending: ``num_steps`` steps
+  evenly strided from 0 to ``num_timesteps - 1`` (its float stride accumulated and rounded as
+  it does), e.g. DiT's 250 of 1000."""
+  _check_num_steps(num_steps)
+  if num_steps > num_timesteps:
+    raise ValueError(f"cannot take {num_steps} steps of a chain of {num_timesteps}")
+  if num_steps == 1:
+    return [0]
+  stride = (num_timesteps - 1) / (num_steps - 1)
+  steps, position = [], 0.0
+  for _ in range(num_steps):
+    steps.append(round(position))
+    position += stride
+  return steps
+
+
+def _respaced_grid(schedule: Schedule, num_steps: int) -> TimeGrid:
+  n = schedule.num_timesteps
+  if n is None:
+    raise ValueError(f"spacing='respaced' needs a discrete schedule (e.g. linear), not "
+                     f"{schedule.name!r}")
+  with jax.ensure_compile_time_eval():
+    # Step k (0-based) is diffjax's t = (k + 1) / N; the grid ends on clean data (t = 0).
+    ts = [(k + 1) / n for k in reversed(respaced_steps(n, num_steps))] + [0.0]
+    t = jnp.asarray(np.asarray(ts, np.float64), jnp.float32)
+    alpha, sigma = schedule.alpha_sigma(t)
+    logsnr = schedule.logsnr(t)
+  return TimeGrid(t, alpha, sigma, logsnr, False)
 
 
 def _check_num_steps(num_steps) -> None:
