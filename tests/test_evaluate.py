@@ -4,6 +4,8 @@ mismatched reference."""
 
 import json
 
+import pytest
+
 from diffjax.training.logger import read_metrics
 from launch_util import launch
 
@@ -37,7 +39,19 @@ def test_reference_train_eval_and_mismatch(tmp_path):
   assert result["checkpoint_step"] == 6 and result["seeds"] == 2
   m = result["metrics"]
   assert m["fd"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["class_accuracy"] <= 1
-  assert result["intervals"]["fd"]["ci95_low"] <= m["fd"] <= result["intervals"]["fd"]["ci95_high"]
+  # Each metric is the mean over the seeds' sample sets, with Student's t 95% interval
+  # mean +- t(0.975, n - 1) s / sqrt(n) (s: sample standard deviation over the seeds).
+  import numpy as np
+  import scipy.stats
+  for key in ("fd", "kid", "precision", "recall", "class_accuracy"):
+    values = np.array([p[key] for p in result["per_seed"]])
+    assert len(values) == 2 and m[key] == pytest.approx(values.mean(), rel=1e-12, abs=1e-15)
+    half = scipy.stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+    interval = result["intervals"][key]
+    assert interval["ci95_low"] == pytest.approx(values.mean() - half, rel=1e-9, abs=1e-12)
+    assert interval["ci95_high"] == pytest.approx(values.mean() + half, rel=1e-9, abs=1e-12)
+  fds = [p["fd"] for p in result["per_seed"]]
+  assert fds[0] != fds[1]  # two seeds, two sample sets
   assert m["bits_per_dim"] > 0 and m["likelihood_images"] == 4
   assert (w / "eval" / "smoke.png").exists()
 

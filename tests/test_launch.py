@@ -38,6 +38,22 @@ def test_digits_train_and_sample(tmp_path):
   npz = np.load(next((w / "samples").glob("heun4*_step10.npz")))
   assert npz["images"].shape == (10, 8, 8, 1) and npz["images"].dtype == np.uint8
   np.testing.assert_array_equal(npz["labels"], np.arange(10) % 10)
+  # Real samples, not a constant image: they vary within and across images, and equal the
+  # sampler API's draw from the checkpoint's EMA denoiser with the job's key (seed + 2, first
+  # chunk).
+  x = npz["images"].astype(np.float64)
+  assert x.std() > 5 and np.mean(x.std(axis=(1, 2, 3))) > 5 and len(np.unique(x)) > 20
+  import jax
+  import jax.numpy as jnp
+  import diffjax
+  from diffjax import diffusion, images
+  model = diffjax.load(w)
+  ref = diffusion.sample(model.denoiser(), model.schedule, (10, 8, 8, 1),
+                         jax.random.fold_in(jax.random.PRNGKey(2), 0), sampler="heun",
+                         num_steps=4, cond=jnp.asarray(npz["labels"]), guidance_scale=2.0,
+                         null_cond=10)  # the default config's classifier-free guidance
+  ref = images.to_uint8(jnp.clip(ref, -1, 1)).astype(np.float64)
+  assert np.abs(ref - x).max() <= 1, np.abs(ref - x).max()
 
 
 def test_array_record_source(tmp_path):

@@ -160,3 +160,76 @@ def test_bad_loss_arguments():
   with pytest.raises(ValueError, match="unknown weighting 'snrr'"):
     diffusion.denoising_loss(lambda x, l, c: x, jnp.zeros((2, 3)), jax.random.PRNGKey(0), s,
                              diffusion.get_parameterization("eps"), weighting="snrr")
+
+
+# --- weightings, time samplers and EDM preconditioning against closed forms (issue 34) --------
+def _cosine_alpha_sigma(t, s=0.008):
+  """Nichol & Dhariwal 2021, eq. 17: alpha_bar = f(t) / f(0), f = cos^2((t + s)/(1 + s) pi/2)."""
+  t = np.asarray(t, np.float64)
+  f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2
+  alpha_bar = f(t) / f(0.0)
+  return np.sqrt(alpha_bar), np.sqrt(1 - alpha_bar)
+
+
+def _vp_alpha_sigma(t, beta_min=0.1, beta_max=20.0):
+  """Song et al. 2021's VP SDE: log alpha = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2."""
+  t = np.asarray(t, np.float64)
+  alpha = np.exp(-0.25 * t**2 * (beta_max - beta_min) - 0.5 * t * beta_min)
+  return alpha, np.sqrt(1 - alpha**2)
+
+
+@pytest.mark.parametrize("param_name", ["eps", "v", "x0", "edm"])
+def test_x0_snr_and_edm_weightings_are_their_formulas_for_every_parameterization(param_name):
+  """``x0``: w = 1; ``snr``: w = alpha^2 / sigma^2 (Ho et al.'s eps-MSE); ``edm``:
+  w = (s^2 + sd^2) / (s sd)^2 with s = sigma / alpha (Karras et al.), on the x0-space error of
+  the same draws, with alpha and sigma from the cosine schedule's closed form."""
+  for weighting in ("x0", "snr", "edm"):
+    loss, x0_err, _, t = _losses(param_name, "cosine", weighting)
+    alpha, sigma = _cosine_alpha_sigma(t)
+    s = sigma / alpha
+    w = {"x0": np.ones_like(t), "snr": alpha**2 / sigma**2,
+         "edm": (s**2 + 0.25) / (s * 0.5) ** 2}[weighting]
+    np.testing.assert_allclose(loss, w * x0_err, rtol=2e-3, err_msg=weighting)
+
+
+def test_discrete_uniform_times_cover_every_step_of_the_chain_equally():
+  """DDPM's t ~ U{1, ..., N} (Ho et al., Alg. 1) as t = n / N: on a 10-step chain every step
+  is drawn, none outside, each about a tenth of the time (chi-square, 9 dof, p > 1e-4)."""
+  import scipy.stats
+  chain = diffusion.get_schedule("linear", timesteps=10)
+  n = 20000
+  t = np.asarray(diffusion.sample_t(jax.random.PRNGKey(0), n, chain, "uniform"), np.float64)
+  steps = np.round(t * 10).astype(int)
+  np.testing.assert_allclose(t * 10, steps, atol=1e-5)
+  counts = np.bincount(steps, minlength=11)
+  assert counts[0] == 0 and steps.max() == 10, counts
+  assert scipy.stats.chisquare(counts[1:]).pvalue > 1e-4, counts
+  # Continuous schedules: U[t_eps, 1].
+  t = np.asarray(diffusion.sample_t(jax.random.PRNGKey(1), n, diffusion.get_schedule("vp"),
+                                    "uniform", t_eps=0.2))
+  assert t.min() >= 0.2 and t.max() <= 1.0 and abs(t.mean() - 0.6) < 0.01
+
+
+@pytest.mark.parametrize("schedule_name", ["cosine", "vp"])
+def test_edm_preconditioning_on_a_variance_preserving_schedule(schedule_name):
+  """EDM's preconditioning on x_t / alpha (Karras et al. 2022, Table 1 with sigma = sigma /
+  alpha): the network sees c_in x_t / alpha and c_noise = ln(sigma / alpha) / 4, and D = c_skip
+  x_t / alpha + c_out F; the training target is (x0 - c_skip x_t / alpha) / c_out."""
+  s = diffusion.get_schedule(schedule_name)
+  p = diffusion.get_parameterization("edm", sigma_data=0.5)
+  x0, eps, t = _data()
+  alpha, sigma = (_cosine_alpha_sigma if schedule_name == "cosine" else _vp_alpha_sigma)(t)
+  b = lambda u: u[:, None, None, None]
+  x_t = b(alpha) * np.asarray(x0, np.float64) + b(sigma) * np.asarray(eps, np.float64)
+  lvl = sigma / alpha
+  c_in, c_skip = 1 / np.sqrt(lvl**2 + 0.25), 0.25 / (lvl**2 + 0.25)
+  c_out = lvl * 0.5 / np.sqrt(lvl**2 + 0.25)
+  x_in, noise = p.network_inputs(jnp.asarray(x_t, jnp.float32), t, s)
+  np.testing.assert_allclose(x_in, b(c_in / alpha) * x_t, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(noise, np.log(lvl) / 4, rtol=1e-4, atol=1e-5)
+  f = np.asarray(jax.random.normal(jax.random.PRNGKey(9), x0.shape), np.float64)
+  np.testing.assert_allclose(p.x0_from_output(jnp.asarray(f, jnp.float32), jnp.asarray(
+      x_t, jnp.float32), t, s), b(c_skip / alpha) * x_t + b(c_out) * f, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      p.target(x0, eps, jnp.asarray(x_t, jnp.float32), t, s),
+      (np.asarray(x0, np.float64) - b(c_skip / alpha) * x_t) / b(c_out), rtol=1e-3, atol=1e-3)

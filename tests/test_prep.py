@@ -658,3 +658,97 @@ def test_provenance_licences_and_opt_out(tmp_path):
   with pytest.raises(ConfigError, match="source.opt_out"):
     prepare(_small_config("folder", tmp_path / "images", "train",
                           source__opt_out=str(tmp_path / "none.txt")), str(tmp_path / "o3"))
+
+
+# --- card numbers, aspect and outlier filters against independent references (issue 34) ------
+def _luhn_reference(number: str) -> bool:
+  """ISO/IEC 7812-1 check digit: the payload's check digit computed from the right, compared
+  with the last digit (written apart from the scrubber's in-place sum)."""
+  payload, check = number[:-1], int(number[-1])
+  total = 0
+  for i, ch in enumerate(reversed(payload)):
+    d = int(ch) * (2 if i % 2 == 0 else 1)  # the payload's rightmost digit is doubled
+    total += d // 10 + d % 10
+  return (10 - total % 10) % 10 == check
+
+
+# The card brands' published test numbers, written without separators.
+UNSPACED_CARDS = ["4111111111111111", "5555555555554444", "378282246310005", "6011111111111117",
+                  "4012888888881881", "3530111333300000", "4222222222222"]  # 13 digits: old Visa
+
+
+@pytest.mark.parametrize("number", UNSPACED_CARDS)
+def test_unspaced_card_numbers_are_scrubbed_as_cards(number):
+  scrubbed, counts = privacy.scrub_caption(f"paid with {number} yesterday")
+  assert scrubbed == "paid with [CARD_NUMBER] yesterday" and counts == {"card_number": 1}
+
+
+def test_luhn_check_equals_the_iso_check_digit():
+  rng = np.random.default_rng(0)
+  numbers = ["".join(map(str, rng.integers(0, 10, n))) for n in rng.integers(13, 20, 2000)]
+  assert [privacy._luhn_ok(x) for x in numbers] == [_luhn_reference(x) for x in numbers]
+  assert sum(map(_luhn_reference, numbers)) > 100  # both outcomes are exercised
+  for number in UNSPACED_CARDS:
+    assert _luhn_reference(number) and privacy._luhn_ok(number)
+    wrong = number[:-1] + str((int(number[-1]) + 1) % 10)
+    # A 16-digit run that fails the check is not reported as a card (maybe as a phone number).
+    assert "card_number" not in privacy.scrub_caption(f"ref {wrong} ok")[1], wrong
+
+
+def _textured(h, w, seed, mean=128.0):
+  rng = np.random.default_rng(seed)
+  return np.clip(rng.normal(mean, 40.0, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _measured(images, **kw):
+  from diffjax.data.prep import stages
+  args = {"min_side": 16, "min_aspect": 0.5, "max_aspect": 2.0, "min_sharpness": 10.0,
+          "min_contrast": 2.0, **kw}
+  measure = stages.Measure(*args.values())
+  kept, rejected = [], {}
+  for ident, image in images.items():
+    for out in measure.process({"id": ident, "split": "train", "image": image}):
+      if isinstance(out, dict):
+        kept.append(out)
+      else:
+        rejected[ident] = out.value["reason"]
+  return kept, rejected
+
+
+def test_aspect_filter_drops_exactly_the_planted_ratios():
+  """Width / height outside [0.5, 2]: precision and recall 1 over ratios from 1/4 to 4, the
+  bounds themselves kept."""
+  sizes = [(64, 16), (64, 31), (64, 32), (64, 48), (32, 32), (48, 64), (32, 64), (31, 64),
+           (16, 64), (20, 90), (90, 20), (40, 81), (81, 40)]  # (height, width)
+  images = {f"img{i}": _textured(h, w, i) for i, (h, w) in enumerate(sizes)}
+  planted = {f"img{i}" for i, (h, w) in enumerate(sizes) if not 0.5 <= w / h <= 2.0}
+  kept, rejected = _measured(images)
+  assert rejected == {i: "aspect_ratio" for i in planted}
+  assert {ex["id"] for ex in kept} == set(images) - planted and len(planted) == 8
+
+
+def test_outlier_filter_drops_exactly_the_planted_outliers():
+  """Robust z-score (x - median) / (IQR / 1.349) over the quartiles of the kept images'
+  brightness: 40 images of mean brightness 128 +- 4 and 3 planted at 40 and 215 (z > 15),
+  threshold 8: precision and recall 1."""
+  from diffjax.data.prep import stages
+  rng = np.random.default_rng(1)
+  images = {f"n{i}": _textured(32, 32, 100 + i, 128 + rng.normal(0, 4)) for i in range(40)}
+  images.update({"o0": _textured(32, 32, 1, 40), "o1": _textured(32, 32, 2, 215),
+                 "o2": _textured(32, 32, 3, 45)})
+  kept, rejected = _measured(images)
+  assert not rejected
+  values = np.array([ex["stats"]["brightness"] for ex in kept])
+  quantiles = {"brightness": list(np.percentile(values, [0, 25, 50, 75, 100]))}
+  q = quantiles["brightness"]
+  z = (values - q[2]) / ((q[3] - q[1]) / 1.349)
+  assert np.sort(np.abs(z))[-3] > 15 and np.sort(np.abs(z))[-4] < 4  # the planted gap
+  dropper = stages.DropOutliers(8.0)
+  flagged = set()
+  for ex in kept:
+    outs = list(dropper.process(ex, quantiles))
+    assert len(outs) == 1
+    if not isinstance(outs[0], dict):
+      assert outs[0].value["reason"] == "outlier"
+      flagged.add(ex["id"])
+  assert flagged == {"o0", "o1", "o2"}

@@ -344,3 +344,105 @@ def test_denoiser_with_wrong_output_shape_is_reported():
   s = diffusion.get_schedule("cosine")
   with pytest.raises(ValueError, match=r"denoise_fn returned shape \(2, 4\) for input shape"):
     diffusion.sample(lambda x, t: jnp.zeros((2, 4)), s, (2, 3), jax.random.PRNGKey(0))
+
+
+# --- variances and grids against the papers' formulas (issue 34) ------------------------------
+DDPM_BETAS = np.linspace(1e-4, 0.02, 1000)  # Ho et al. 2020, Sec. 4
+DDPM_ALPHA_BAR = np.concatenate([[1.0], np.cumprod(1 - DDPM_BETAS)])  # index n: after n steps
+
+
+def _ddpm_variance_reference(num_steps, variance, v):
+  """Variance of DDPM's ancestral samples of N(0, v) data with the exact (linear) denoiser
+  ``x0_hat = k x_t``, respaced to ``num_steps`` uniform jumps t -> s of the 1000-step chain:
+  ``x_s = (c_xt + c_x0 k) x_t + sqrt(var) z`` with Ho et al.'s posterior coefficients (eq. 7),
+  ``var`` = beta-tilde ("small") or beta = 1 - alpha_bar_t / alpha_bar_s ("large", no noise
+  on the last step)."""
+  ab = DDPM_ALPHA_BAR
+  idx = np.linspace(1000, 0, num_steps + 1).round().astype(int)
+  var_x = 1 - ab[1000]  # x_T ~ N(0, sigma(1)^2)
+  for t, s in zip(idx[:-1], idx[1:]):
+    beta = 1 - ab[t] / ab[s]
+    k = np.sqrt(ab[t]) * v / (ab[t] * v + 1 - ab[t])
+    c_xt = np.sqrt(ab[t] / ab[s]) * (1 - ab[s]) / (1 - ab[t])
+    c_x0 = np.sqrt(ab[s]) * beta / (1 - ab[t])
+    noise = (beta if variance == "large" else (1 - ab[s]) / (1 - ab[t]) * beta) if s else 0.0
+    var_x = (c_xt + c_x0 * k) ** 2 * var_x + noise
+  return var_x
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_variances_equal_ho_et_al_on_a_respaced_chain(variance):
+  """At 1000 steps the two variances give sample variances 3% apart; on 10 respaced steps 2.5x:
+  each must match its own recursion within 4.5 Monte-Carlo standard errors."""
+  v, n = 0.1, 20000
+  lin = diffusion.get_schedule("linear")
+
+  def denoise(x, t):
+    a, s = (u[:, None] for u in lin.alpha_sigma(t))
+    return a * v / (a**2 * v + s**2) * x
+
+  x = diffusion.sample(denoise, lin, (n, 1), jax.random.PRNGKey(0), "ddpm", 10,
+                       spacing="uniform", variance=variance)
+  want = _ddpm_variance_reference(10, variance, v)
+  other = _ddpm_variance_reference(10, "large" if variance == "small" else "small", v)
+  assert abs(other / want - 1) > 0.5  # the check can tell the two apart
+  assert float(np.var(np.asarray(x, np.float64))) == pytest.approx(want,
+                                                                   rel=4.5 * np.sqrt(2 / n))
+
+
+def _karras_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+  """Karras et al. 2022, eq. 5: the N noise levels of the rho grid, then sigma_N = 0."""
+  i = np.arange(num_steps)
+  s = (sigma_max ** (1 / rho) + i / (num_steps - 1) *
+       (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+  return np.append(s, 0.0)
+
+
+def test_euler_churn_and_s_noise_variance_equal_karras_algorithm_2():
+  """Euler with stochastic churn (Karras et al. 2022, Alg. 2 without the Heun correction) on
+  N(0, v) with the exact denoiser: each step raises sigma to (1 + gamma) sigma with fresh noise
+  of std s_noise sqrt(sigma_hat^2 - sigma^2), then takes the Euler step. The variance of the
+  samples follows a numpy recursion over EDM's grid, for every s_noise."""
+  v, n, steps, churn = 0.1, 20000, 8, 40.0
+  edm = diffusion.get_schedule("edm")
+  denoise = lambda x, t: v / (v + edm.sigma(t)[:, None] ** 2) * x
+  sig = _karras_sigmas(steps)
+  gamma = min(churn / steps, np.sqrt(2) - 1)
+  for s_noise in (0.5, 2.0):
+    var_x = sig[0] ** 2
+    for s_cur, s_next in zip(sig[:-1], sig[1:]):
+      s_hat = s_cur * (1 + gamma)
+      k = v / (v + s_hat**2)
+      var_x = (k + s_next * (1 - k) / s_hat) ** 2 * (var_x + s_noise**2 * (s_hat**2 - s_cur**2))
+    x = diffusion.sample(denoise, edm, (n, 1), jax.random.PRNGKey(0), "euler", steps,
+                         s_churn=churn, s_noise=s_noise)
+    got = float(np.var(np.asarray(x, np.float64)))
+    assert got == pytest.approx(var_x, rel=4.5 * np.sqrt(2 / n)), s_noise
+
+
+def test_time_grids_equal_their_closed_forms():
+  """``edm``: Karras et al.'s eq. 5 in sigma / alpha on any schedule (clipped to [0.002, 80]);
+  ``quadratic``: t quadratic in the step index, dense near the data (Song et al., DDIM);
+  ``logsnr``: uniform in log-SNR over the same noise range; ``uniform``: uniform in t. A grid
+  that stops at a noisy time ends with a jump to clean data."""
+  edm, cosine, vp = (diffusion.get_schedule(n) for n in ("edm", "cosine", "vp"))
+  for schedule in (edm, cosine):
+    grid = diffusion.time_grid(schedule, 18, "edm")
+    got = np.asarray(grid.sigma / grid.alpha, np.float64)
+    np.testing.assert_allclose(got[:-1], _karras_sigmas(18)[:-1], rtol=2e-4)
+    assert grid.clean_end and got[-1] == 0.0
+  grid = diffusion.time_grid(edm, 6, "edm", rho=3.0)
+  np.testing.assert_allclose(np.asarray(grid.sigma)[:-1], _karras_sigmas(6, rho=3.0)[:-1],
+                             rtol=2e-4)
+  # cosine: sigma(0) = 0, so N + 1 points from 1 to 0; vp: N points from 1 to eps, then clean.
+  i = np.arange(11)
+  np.testing.assert_allclose(diffusion.time_grid(cosine, 10, "quadratic").t,
+                             (1 - i / 10) ** 2, atol=1e-7)
+  np.testing.assert_allclose(diffusion.time_grid(cosine, 10, "uniform").t, 1 - i / 10, atol=1e-7)
+  i = np.arange(10)
+  quad = diffusion.time_grid(vp, 10, "quadratic")
+  np.testing.assert_allclose(quad.t[:-1], 1e-3 + (1 - 1e-3) * (1 - i / 9) ** 2, rtol=1e-6)
+  assert quad.clean_end and float(quad.alpha[-1]) == 1.0 and float(quad.sigma[-1]) == 0.0
+  lam = np.asarray(diffusion.time_grid(vp, 10, "logsnr").logsnr, np.float64)[:-1]
+  lo, hi = -2 * np.log(80.0), min(float(vp.logsnr(1e-3)), -2 * np.log(0.002))
+  np.testing.assert_allclose(lam, np.linspace(lo, hi, 10), rtol=1e-4, atol=1e-4)

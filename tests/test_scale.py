@@ -416,3 +416,57 @@ def test_reexec_gives_large_allocations_huge_pages_where_it_helps():
   assert lines[0] == "start ['--flag=1']" and len(lines) == 2
   if applies:
     assert lines[1] == "tunables glibc.malloc.hugetlb=0 eligible 0"
+
+
+# Megatron-LM's tensor parallelism (Shoeybi et al. 2019): attention split by heads (query, key
+# and value by their output columns, the output projection by its input rows), the MLP by its
+# hidden units, convolutions by output channels; FSDP splits what is left (the model width).
+MEGATRON = {"heads": "tensor", "mlp": "tensor", "conv_out": "tensor", "embed": "fsdp",
+            "conv_in": "fsdp"}
+
+
+def test_fsdp_tensor_rules_split_attention_and_mlp_megatron_style():
+  """Under ``fsdp_tensor`` on a 2 x 2 x 2 mesh every DiT parameter is split as Megatron's
+  layout says (checked by name for attention and MLP), and the state's bytes on one device
+  equal a numpy count from the shapes and that layout; under ``fsdp`` the heads are split
+  over fsdp and the width kept whole."""
+  import flax.linen as nn
+  from jax.sharding import PartitionSpec as P
+  spec = _spec("DiT-tiny")
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  setup = state_setup(spec, mesh, parallel.get_rules("fsdp_tensor"))
+  net = setup.shardings.nets["denoiser"]
+  specs = {jax.tree_util.keystr(p): s.spec
+           for p, s in jax.tree_util.tree_leaves_with_path(net.params)}
+  for b in ("block_0", "block_1"):
+    for proj in ("query", "key", "value"):
+      assert specs[f"['{b}']['attn']['{proj}']['dense']['kernel']"] == P("fsdp", "tensor")
+      assert specs[f"['{b}']['attn']['{proj}']['dense']['bias']"] == P("tensor")
+    assert specs[f"['{b}']['attn']['out']['dense']['kernel']"] == P("tensor", "fsdp")
+    assert specs[f"['{b}']['mlp_in']['dense']['kernel']"] == P("fsdp", "tensor")
+    assert specs[f"['{b}']['mlp_out']['dense']['kernel']"] == P("tensor", "fsdp")
+  # Bytes on one device: every array of the state (parameters, EMA, Adam's two moments) split
+  # by the Megatron layout of its logical names where the mesh axis divides the dimension.
+  names = nn.get_partition_spec(setup.boxed)
+  shapes = nn.meta.unbox(setup.boxed)
+  is_spec = lambda x: isinstance(x, P)
+  expected = total = 0
+  logical_leaves = jax.tree.leaves(names, is_leaf=is_spec)  # absent parts (None) drop out
+  assert len(logical_leaves) == len(jax.tree.leaves(shapes)) == len(
+      jax.tree.leaves(setup.shardings))
+  for logical, leaf in zip(logical_leaves, jax.tree.leaves(shapes)):
+    local = list(leaf.shape)
+    if is_spec(logical):
+      for d, name in enumerate(logical):
+        axis = MEGATRON.get(name)
+        if axis and local[d] % mesh.shape[axis] == 0:
+          local[d] //= mesh.shape[axis]
+    expected += int(np.prod(local)) * leaf.dtype.itemsize
+    total += int(np.prod(leaf.shape)) * leaf.dtype.itemsize
+  device0 = sum(int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
+                for s, a in zip(jax.tree.leaves(setup.shardings), jax.tree.leaves(shapes)))
+  assert device0 == expected and expected < 0.3 * total
+  fsdp = state_setup(spec, parallel.make_mesh({"data": 1, "fsdp": 8, "tensor": 1}),
+                     parallel.get_rules("fsdp")).shardings.nets["denoiser"].params
+  assert fsdp["block_0"]["attn"]["query"]["dense"]["kernel"].spec == P(None, "fsdp")
+  assert fsdp["block_0"]["mlp_out"]["dense"]["kernel"].spec == P("fsdp", None)

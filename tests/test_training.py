@@ -153,3 +153,140 @@ def test_loss_by_noise_level_is_the_binned_mean_over_a_log_window():
     else:
       assert name not in row
   assert "loss_by_logsnr/-inf..-7.5" not in row and not any("@" in k for k in row)
+
+
+# --- the step wrapper's policies against a numpy replay (issue 34) ------------------------------
+def _numpy_ema_decay(k, decay, warmup):
+  """The EMA decay of the update at step k: min(decay, (1 + k) / (10 + k)) with warm-up
+  (TensorFlow's ExponentialMovingAverage with ``num_updates``), else ``decay``."""
+  return min(decay, (1.0 + k) / (10.0 + k)) if warmup else decay
+
+
+class _ScalarMethod:
+  """A method whose update is one SGD step ``w <- w - g`` with the batch's ``g``, reporting the
+  batch's ``loss``: the step wrapper's policies then act on numbers the test chooses."""
+
+  def __init__(self, lr=1.0):
+    from diffjax.methods.base import Network
+    self.networks = {"w": Network(None, None, optax.sgd(lr), optax.constant_schedule(lr / 2),
+                                  ema=True)}
+
+  def update(self, state, batch, rng):
+    from diffjax.training import apply_gradients
+    net = apply_gradients(state.nets["w"], self.networks["w"].optimizer, batch["g"])
+    return state.with_net("w", net), {"loss": batch["loss"],
+                                      "grad_norm": jnp.sqrt(jnp.sum(batch["g"] ** 2)),
+                                      "draw": jax.random.uniform(rng)}
+
+
+def test_skip_policy_loss_average_and_ema_equal_a_numpy_replay():
+  """Loss-spike skipping (factor 3 times the running mean of accepted losses), non-finite
+  losses and gradient norms rejected, the running mean 0.99 / 0.01 over accepted losses only,
+  ``skipped`` / ``streak`` counters, and the parameters and EMA (decay 0.9 with warm-up) after
+  every step equal a numpy replay of the documented rules; the update at step k draws from
+  ``fold_in(rng, k)``."""
+  from diffjax.training import NetState, TrainState, train_step
+  spec = build_spec(tiny_config(**{"train.ema_decay": 0.9, "faults.loss_spike_factor": 3.0}))
+  method = _ScalarMethod()
+  w0 = np.array([0.5, -1.0, 2.0], np.float32)
+  opt = method.networks["w"].optimizer
+  zero = jnp.zeros((), jnp.int32)
+  state = TrainState(step=zero, nets={"w": NetState(jnp.asarray(w0), jnp.asarray(w0),
+                                                    opt.init(jnp.asarray(w0)))},
+                     rng=jax.random.PRNGKey(0), skipped=zero, streak=zero,
+                     loss_avg=jnp.zeros((), jnp.float32))
+  step = jax.jit(functools.partial(train_step, method=method, train=spec.train,
+                                   faults=spec.faults))
+  rng = np.random.default_rng(0)
+  # (loss, gradient): a spike (7 > 3 x 2.005), NaN loss, an infinite gradient, a loss just over
+  # the threshold (6.0 > 5.985) and one just under it (5.9).
+  losses = [2.0, 2.5, 7.0, np.nan, 1.0, 1.5, 6.0, 5.9, 0.5]
+  grads = [rng.normal(size=3).astype(np.float32) for _ in losses]
+  grads[5] = np.array([np.inf, 0, 0], np.float32)
+  w, ema, avg, skipped, streak = w0.astype(np.float64), w0.astype(np.float64), 0.0, 0, 0
+  for k, (loss, g) in enumerate(zip(losses, grads)):
+    state, metrics = step(state, {"loss": jnp.float32(loss), "g": jnp.asarray(g)})
+    ok = np.isfinite(loss) and np.all(np.isfinite(g)) and (avg == 0 or loss <= 3.0 * avg)
+    if ok:
+      w = w - g
+      d = _numpy_ema_decay(k, 0.9, True)
+      ema = d * ema + (1 - d) * w
+      avg = loss if avg == 0 else 0.99 * avg + 0.01 * loss
+    skipped, streak = skipped + (not ok), 0 if ok else streak + 1
+    net = jax.device_get(state.nets["w"])
+    np.testing.assert_allclose(net.params, w, rtol=1e-6, err_msg=f"step {k}")
+    np.testing.assert_allclose(net.ema_params, ema, rtol=1e-5, err_msg=f"step {k}")
+    assert float(state.loss_avg) == pytest.approx(avg, rel=1e-6), k
+    assert (int(state.step), int(metrics["skipped"]), int(metrics["streak"])) == (
+        k + 1, skipped, streak), k
+    assert float(metrics["lr"]) == 0.5
+    # Step k's randomness is fold_in(rng, k), whatever happened before (exact resumes).
+    assert float(metrics["draw"]) == float(jax.random.uniform(
+        jax.random.fold_in(jax.random.PRNGKey(0), k)))
+  assert skipped == 4 and streak == 0  # the replay itself took every branch
+
+
+def test_nonfinite_abort_and_the_streak_limit_end_the_run_naming_the_checkpoint():
+  """faults.nonfinite=abort ends the run at the first skipped update; with "skip" only a
+  streak of max_consecutive_skips does (0: never)."""
+  import dataclasses
+  import types
+  from diffjax.faults import EXIT_NUMERICAL, NumericalAbort
+  from diffjax.jobs.train import _check_numerics
+  spec = build_spec(tiny_config())
+  ckpt = types.SimpleNamespace(all_steps=lambda: [4, 8], directory="/w/checkpoints")
+  with_faults = lambda **f: dataclasses.replace(spec, faults=dataclasses.replace(spec.faults, **f))
+  abort = with_faults(nonfinite="abort", max_consecutive_skips=0)
+  with pytest.raises(NumericalAbort, match=r"aborted at step 10: 1 consecutive.*since step "
+                                           r"10\. Last good checkpoint: step 8 in /w/checkp") as e:
+    _check_numerics(abort, {"streak": 1.0, "loss": float("nan")}, 10, ckpt)
+  assert e.value.exit_code == EXIT_NUMERICAL == 3
+  _check_numerics(abort, {"streak": 0.0, "loss": 1.0}, 10, ckpt)
+  skip = with_faults(nonfinite="skip", max_consecutive_skips=3)
+  _check_numerics(skip, {"streak": 2.0}, 10, ckpt)
+  with pytest.raises(NumericalAbort, match="3 consecutive update.*since step 8"):
+    _check_numerics(skip, {"streak": 3.0}, 10, ckpt)
+  _check_numerics(with_faults(nonfinite="skip", max_consecutive_skips=0), {"streak": 50.0}, 60,
+                  ckpt)
+
+
+def test_ema_after_k_steps_is_the_numpy_recursion_and_inference_reads_it(tmp_path):
+  """The tiny diffusion model's EMA after 5 steps equals the numpy recursion over the recorded
+  parameter trajectory (warm-up decays 0.1, 2/11, ...); what sampling restores from a
+  checkpoint, and a state's inference variables, are that EMA, not the parameters."""
+  from diffjax.jobs.common import checkpointer, restore_for_inference
+  # Adam moves every weight by about lr a step: 1e-2 makes the EMA's lag (and any error in
+  # it) far larger than float32 rounding.
+  spec = build_spec(tiny_config(**{"optim.lr": 1e-2, "optim.warmup_steps": 0}), num_devices=8)
+  mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  setup = state_setup(spec, mesh, DATA_PARALLEL_RULES)
+  fn = jit_train_step(setup, mesh, spec.train, spec.faults)
+  it = iter(data.make_dataset(data.digits_source("train"), data.PipelineOptions(
+      8, 1, False, spec.data.batch_size, 0, 0)))
+  state = setup.init(jax.random.PRNGKey(0))
+  params = [jax.device_get(state.nets["denoiser"].params)]
+  for _ in range(5):
+    state, _ = fn(state, parallel.global_batch(next(it), parallel.batch_sharding(mesh)))
+    params.append(jax.device_get(state.nets["denoiser"].params))
+  final = jax.device_get(state)
+  ema = jax.tree.map(lambda p: np.asarray(p, np.float64), params[0])
+  for k in range(5):
+    d = _numpy_ema_decay(k, spec.train.ema_decay, spec.train.ema_warmup)
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p, np.float64), ema,
+                       params[k + 1])
+  got = final.nets["denoiser"].ema_params
+  for e, g, p in zip(jax.tree.leaves(ema), jax.tree.leaves(got), jax.tree.leaves(params[-1])):
+    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+  lag = [np.abs(e - p).max() for e, p in zip(jax.tree.leaves(ema), jax.tree.leaves(params[-1]))]
+  assert max(lag) > 3e-3  # the EMA is not the parameters themselves
+  # Inference: a state's variables and a checkpoint's restored variables are the EMA.
+  inference = final.inference_variables["denoiser"]["params"]
+  for a, b in zip(jax.tree.leaves(inference), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  ckpt = checkpointer(spec, tmp_path)
+  ckpt.save(5, state)
+  ckpt.close()
+  variables, step = restore_for_inference(spec, tmp_path, mesh)
+  assert step == 5
+  for a, b in zip(jax.tree.leaves(variables["denoiser"]["params"]), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
