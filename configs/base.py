@@ -35,6 +35,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 128  # global, over all processes and devices
   c.data.num_workers = 0  # Grain worker processes per host (0 = in the main process)
   c.data.prefetch = 1  # batches sent to the devices ahead of the step that uses them
+  # EDM's non-leaky geometric augmentation (diffjax/data/augment.py): each transform with
+  # probability p x its multiplier, the network conditioned on the augmentation labels
+  # (model.kwargs.augment_dim=9). p = 0: off (batches exactly as without it). EDM CIFAR-10:
+  # p = 0.12 with these multipliers.
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.p = 0.0
+  c.data.augment.xflip = 1e8
+  c.data.augment.yflip = 1.0
+  c.data.augment.scale = 1.0
+  c.data.augment.rotate_frac = 1.0
+  c.data.augment.aniso = 1.0
+  c.data.augment.translate_frac = 1.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet-digits"  # a variant name from diffjax.models
@@ -51,6 +63,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.diffusion.min_snr_gamma = 5.0
   c.diffusion.t_sampler = "uniform"  # uniform | lognormal | logit_normal
   c.diffusion.t_sampler_kwargs = ml_collections.ConfigDict()
+  # Learned variances (Nichol & Dhariwal 2021; ADM, DiT): the network outputs twice the data
+  # channels (model.kwargs.out_channels), trained with L_simple + vlb_weight * N * L_vlb term;
+  # sample with --config.sample.options.variance=learned. Needs a discrete chain (linear,
+  # cosine_discrete) and the uniform t_sampler.
+  c.diffusion.learn_sigma = False
+  c.diffusion.vlb_weight = 0.001
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"  # adam | adamw
@@ -96,6 +114,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.sample.at_end = True  # sample grid when training finishes
   c.sample.upscale = 1  # nearest-neighbour upscaling of grid images (small images)
   c.sample.posthoc_ema_std = 0.0  # > 0: sample with that post-hoc EMA (0 = the tracked EMA)
+  c.sample.clip_denoised = False  # clip x0_hat to [-1, 1] at every step (DDPM, ADM pixels)
+  c.sample.guidance_channels = 0  # guide only the first k channels (0 = all; the DiT release: 3)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 500
@@ -138,6 +158,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.memorization = False
   c.eval.memorization_quantile = 0.01
   c.eval.memorization_factor = 0.5
+  # Published reference statistics (diffjax/evaluation/reference.py): diffjax (--mode
+  # ref_stats) | adm (guided-diffusion's VIRTUAL_*.npz batches) | edm (EDM's fid.py ref, e.g.
+  # cifar10-32x32.npz) | ttur (TTUR's fid_stats_*.npz) | pytorch_fid (its --save-stats). Each
+  # records the Inception protocol it was computed with; another protocol is refused.
+  c.eval.ref_format = "diffjax"
+  # Samples in [-1, 1] -> uint8 before the feature net: round ((x + 1) * 127.5 rounded: EDM's
+  # and DiT's x * 127.5 + 128 truncated, diffusers' pipelines) | floor (truncated: ADM's
+  # guided-diffusion sample.py).
+  c.eval.sample_uint8 = "round"
 
   c.faults = ml_collections.ConfigDict()
   c.faults.nonfinite = "skip"  # non-finite loss/gradients: skip (the update) | abort
@@ -153,6 +182,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.estimate.num_devices = 8
   c.estimate.mfu = 0.4  # assumed model FLOPs utilisation
   c.estimate.images_per_s = 0.0  # measured throughput on that hardware (0 = unknown)
+
+  # Start from a published checkpoint (diffjax/models/importers.py): --mode sample / eval use it
+  # until the run has checkpoints of its own; --mode train fine-tunes from it.
+  # (init.checkpoint, not init.from: ml_collections cannot parse a Python keyword on the command
+  # line)
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ""  # the checkpoint file ("" = none)
+  c.init.format = ""  # diffusers_unet | diffusers_dit | dit | adm | adm_new_attention_order
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh: one size per axis, -1 fills the remaining devices.

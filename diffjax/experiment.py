@@ -11,8 +11,8 @@ import dataclasses
 
 from diffjax import methods
 from diffjax.fields import ConfigError, FieldChecker
-from diffjax.spec import (CheckpointSpec, DataSpec, EvalSpec, FaultSpec, LoggingSpec, MeshSpec,
-                          SampleSpec, TrainSpec)
+from diffjax.spec import (CheckpointSpec, DataSpec, EvalSpec, FaultSpec, InitSpec, LoggingSpec,
+                          MeshSpec, SampleSpec, TrainSpec)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,7 @@ class ExperimentSpec:
   mesh: MeshSpec
   eval: EvalSpec
   faults: FaultSpec
+  init: InitSpec = InitSpec()  # a published checkpoint to start from (init.checkpoint)
 
 
 def build_spec(config, *, num_devices: int = 1, num_processes: int | None = None,
@@ -53,6 +54,7 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int | None = None
       config.eval, ck, num_classes=data.num_classes,
       sample_fields=tuple(k for k in config.sample if k not in ("every_steps", "at_end")))
   faults = FaultSpec.from_config(config.faults, ck)
+  init = InitSpec.from_config(config.get("init"), ck, check_files=check_network)
   method = None
   if ck.one_of(config.method.name, methods.METHODS.names(), "method.name"):
     context = methods.MethodContext(data, train, check_network)
@@ -66,4 +68,4 @@ def build_spec(config, *, num_devices: int = 1, num_processes: int | None = None
   if ck.errors:
     raise ConfigError("invalid config:\n  " + "\n  ".join(ck.errors))
   return ExperimentSpec(config.experiment, method, data, train, sample, checkpoint,
-                        logging_spec, mesh, eval_spec, faults)
+                        logging_spec, mesh, eval_spec, faults, init)

@@ -9,10 +9,20 @@ import numpy as np
 from PIL import Image
 
 
-def to_uint8(images) -> np.ndarray:
-  """float [..., H, W, C] in [-1, 1] -> uint8 in [0, 255] (clipped, rounded)."""
+def to_uint8(images, rounding: str = "round") -> np.ndarray:
+  """float [..., H, W, C] in [-1, 1] -> uint8 in [0, 255], clipped.
+
+  ``rounding``: ``"round"`` to the nearest value (EDM's and DiT's ``x * 127.5 + 128`` cast to
+  uint8, diffusers' pipelines; ties aside, the same numbers) or ``"floor"``, truncation
+  (guided-diffusion's ``((x + 1) * 127.5).clamp(0, 255).to(uint8)``, which ADM's FIDs used: on
+  average half a level darker).
+  """
   x = np.asarray(images, np.float32)
-  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  if rounding == "round":
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  if rounding == "floor":
+    return np.clip(np.floor((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  raise ValueError(f"unknown rounding {rounding!r}; allowed: round, floor")
 
 
 def make_grid(images: np.ndarray, ncols: int | None = None, upscale: int = 1,

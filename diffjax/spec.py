@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 from diffjax import models
@@ -25,6 +26,10 @@ OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 FEATURE_NETS = ("inception", "domain")
+# eval.ref_format: diffjax's own reference files, or a paper's (diffjax.evaluation.reference.
+# PUBLISHED); eval.sample_uint8: how samples in [-1, 1] become uint8 (diffjax.images.to_uint8).
+REF_FORMATS = ("diffjax", "adm", "edm", "ttur", "pytorch_fid")
+SAMPLE_UINT8 = ("round", "floor")
 MESH_AXES = ("data", "fsdp", "tensor")
 DCN_AXES = ("data", "fsdp")  # mesh axes that may span TPU slices or hosts (mesh.dcn_<axis>)
 
@@ -54,6 +59,7 @@ class DataSpec:
   num_workers: int
   prefetch: int = 1
   latents: Any = None  # source=latents: the dataset's diffjax.data.latents.LatentDataInfo
+  augment: Any = None  # EDM's augmentation: diffjax.data.augment.AugmentOptions, None = off
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -87,9 +93,15 @@ class DataSpec:
     if ck.positive_int(d.batch_size, "data.batch_size"):
       ck.require(d.batch_size % (num_processes or 1) == 0, "data.batch_size",
                  f"{d.batch_size} is not divisible by the {num_processes} processes")
+    augment = None
+    if d.get("augment") is not None and d.augment.get("p", 0.0):
+      from diffjax.data.augment import AugmentOptions  # EDM's non-leaky augmentation
+      augment = ck.attempt("data.augment", lambda: AugmentOptions(**d.augment.to_dict()))
+      ck.require(d.source != "latents", "data.augment",
+                 "augments images, not the latents of a latent dataset")
     return cls(d.source, d.name, d.split, d.data_dir, d.path, d.image_key, d.label_key,
                d.image_size, d.channels, d.num_classes, bool(d.random_flip), d.batch_size,
-               d.num_workers, d.get("prefetch", 1), latent_info)
+               d.num_workers, d.get("prefetch", 1), latent_info, augment)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +274,8 @@ class EvalSpec:
   memorization: bool = False  # nearest training image of each sample (copy check)
   memorization_quantile: float = 0.01
   memorization_factor: float = 0.5
+  ref_format: str = "diffjax"  # a published reference file's format (REF_FORMATS)
+  sample_uint8: str = "round"  # samples -> uint8 (SAMPLE_UINT8)
 
   @classmethod
   def from_config(cls, e, ck: FieldChecker, *, num_classes: int,
@@ -282,6 +296,14 @@ class EvalSpec:
                f"must be in (0, 1), got {e.get('memorization_quantile')}")
     ck.require(e.get("memorization_factor", 0.5) > 0, "eval.memorization_factor",
                f"must be > 0, got {e.get('memorization_factor')}")
+    ref_format, sample_uint8 = e.get("ref_format", "diffjax"), e.get("sample_uint8", "round")
+    ck.one_of(ref_format, REF_FORMATS, "eval.ref_format")
+    ck.one_of(sample_uint8, SAMPLE_UINT8, "eval.sample_uint8")
+    if ref_format != "diffjax":
+      ck.require(bool(e.ref_path), "eval.ref_path",
+                 f"eval.ref_format={ref_format!r} reads a published file: give its path")
+      ck.require(e.feature_net == "inception", "eval.feature_net",
+                 f"published {ref_format!r} statistics are of Inception features")
     grid = []
     for field, values in items(e.get("grid")):
       values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
@@ -295,7 +317,33 @@ class EvalSpec:
                e.train_num_samples, e.kid_subset_size, e.pr_k, e.likelihood,
                e.likelihood_num, e.likelihood_batch, tuple(grid),
                bool(e.get("memorization", False)), float(e.get("memorization_quantile", 0.01)),
-               float(e.get("memorization_factor", 0.5)))
+               float(e.get("memorization_factor", 0.5)), ref_format, sample_uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSpec:
+  """The ``init`` section: start sampling, evaluation or training from a published checkpoint
+  (``init.checkpoint``, a file) imported by `diffjax.models.importers` (``init.format``). A run's
+  own checkpoints take precedence: training resumes from them, and sampling and evaluation use
+  them once the run has any."""
+
+  path: str = ""
+  format: str = ""
+
+  @classmethod
+  def from_config(cls, i, ck: FieldChecker, *, check_files: bool = True) -> "InitSpec":
+    if i is None:
+      return cls()
+    from diffjax.models.importers import FORMATS  # the converters' table
+    path, fmt = str(i.get("checkpoint", "") or ""), str(i.get("format", "") or "")
+    if path:
+      ck.one_of(fmt, tuple(FORMATS), "init.format")
+      if check_files:
+        ck.require(os.path.isfile(path), "init.checkpoint", f"no such checkpoint file {path!r}")
+    else:
+      ck.require(not fmt, "init.checkpoint", f"init.format={fmt!r} is set but "
+                 f"init.checkpoint (the file) is not")
+    return cls(path, fmt)
 
 
 @dataclasses.dataclass(frozen=True)

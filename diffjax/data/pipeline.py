@@ -19,6 +19,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from diffjax.data import augment as augment_lib
 from diffjax.data import latents
 
 
@@ -30,6 +31,7 @@ class PipelineOptions:
   batch_size: int  # global for make_dataset, per call for iterate_once
   num_workers: int = 0
   seed: int = 0
+  augment: Any = None  # diffjax.data.augment.AugmentOptions (EDM's augmentation), or None
 
 
 def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -64,17 +66,22 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess(example: dict[str, Any], rng: np.random.Generator, *, image_size: int,
-               channels: int, random_flip: bool) -> dict[str, np.ndarray]:
+               channels: int, random_flip: bool, augment=None) -> dict[str, np.ndarray]:
   """uint8 image -> float32 [H, W, C] in [-1, 1]; label -> int32. Examples of a latent
-  dataset become latents (`diffjax.data.latents.preprocess`)."""
+  dataset become latents (`diffjax.data.latents.preprocess`). With ``augment`` (enabled
+  `diffjax.data.augment.AugmentOptions`) the image is augmented after normalisation and
+  ``augment_labels`` float32 [9] is added; without it nothing else is drawn from ``rng``."""
   if "latent" in example:
     return latents.preprocess(example, rng, random_flip=random_flip)
   image = center_crop_resize(_to_channels(np.asarray(example["image"]), channels), image_size)
   if random_flip and rng.random() < 0.5:
     image = image[:, ::-1]
-  return {"image": image.astype(np.float32) / 127.5 - 1.0,
-          "label": np.int32(example.get("label", -1)),
-          "bad_records": np.int32(example.get("bad_records", 0))}
+  out = {"image": image.astype(np.float32) / 127.5 - 1.0,
+         "label": np.int32(example.get("label", -1)),
+         "bad_records": np.int32(example.get("bad_records", 0))}
+  if augment is not None and augment.enabled:
+    out["image"], out["augment_labels"] = augment_lib.augment(out["image"], rng, augment)
+  return out
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -167,7 +174,8 @@ def make_dataset(source, options: PipelineOptions, *, process_index: int = 0,
   ds = grain.MapDataset.source(source).seed(options.seed).shuffle().repeat()
   ds = ds.random_map(functools.partial(preprocess, image_size=options.image_size,
                                        channels=options.channels,
-                                       random_flip=options.random_flip))
+                                       random_flip=options.random_flip,
+                                       augment=options.augment))
   if len(rows) < options.batch_size:
     ds = _ProcessSlice(ds, options.batch_size, rows)
   local = len(rows)

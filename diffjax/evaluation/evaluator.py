@@ -95,16 +95,25 @@ class Evaluator:
     self.eval = e
     self.net = feature_net(d, e, workdir, mesh)
     path = ref_path(e, workdir)
+    fmt = getattr(e, "ref_format", "diffjax")
     try:
-      self.ref = reference.load(path)
+      self.ref = reference.load_any(path, fmt)
     except FileNotFoundError:
       raise ConfigError(f"no reference statistics at {path}; compute them first with "
                         f"--mode ref_stats (same config) or set eval.ref_path") from None
+    except ValueError as err:
+      raise ConfigError(f"eval.ref_path: {err}") from None
     try:
-      reference.check(self.ref["fingerprint"],
-                      expected_fingerprint(d, e, self.net, ref_source(d, e)), path)
+      if fmt == "diffjax":
+        reference.check(self.ref["fingerprint"],
+                        expected_fingerprint(d, e, self.net, ref_source(d, e)), path)
+      else:  # a paper's file: same features and protocol, no local data to compare with
+        reference.check_published(self.ref["fingerprint"], self.net.fingerprint, d.image_size,
+                                  path)
     except reference.ReferenceMismatch as err:
       raise ConfigError(str(err)) from None
+    if self.ref.get("images") is not None:  # ADM's batches: features of their images
+      self.ref["features"] = self.net(self.ref.pop("images"))["pool"]
     self.path = path
     self._data = d
     self._train = None
@@ -133,11 +142,12 @@ class Evaluator:
     pool = feats["pool"]
     mu, sigma = metrics.statistics(pool)
     out = {"fd": metrics.frechet_distance(mu, sigma, self.ref["mu"], self.ref["sigma"])}
-    kid, _ = metrics.kernel_inception_distance(pool, self.ref["features"],
-                                               subset_size=e.kid_subset_size)
-    out["kid"] = kid
-    out["precision"], out["recall"] = metrics.precision_recall(self.ref["features"], pool,
-                                                               k=e.pr_k)
+    if self.ref["features"] is not None:  # published mu/sigma-only files have none
+      kid, _ = metrics.kernel_inception_distance(pool, self.ref["features"],
+                                                 subset_size=e.kid_subset_size)
+      out["kid"] = kid
+      out["precision"], out["recall"] = metrics.precision_recall(self.ref["features"], pool,
+                                                                 k=e.pr_k)
     if self.net.name == "inception" and self.net.has_logits:
       out["inception_score"] = metrics.inception_score(feats["logits"])[0]
     if self.net.name == "domain" and labels is not None:

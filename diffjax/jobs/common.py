@@ -8,6 +8,7 @@ import os
 import pathlib
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -79,7 +80,8 @@ def data_iterator(spec: ExperimentSpec, source, mesh, start_batch: int = 0):
   d = spec.data
   options = data_lib.PipelineOptions(
       image_size=d.image_size, channels=d.channels, random_flip=d.random_flip,
-      batch_size=d.batch_size, num_workers=d.num_workers, seed=spec.train.seed)
+      batch_size=d.batch_size, num_workers=d.num_workers, seed=spec.train.seed,
+      augment=d.augment)
   rows = parallel.process_batch_rows(mesh.devices, d.batch_size)
   return iter(data_lib.make_dataset(source, options, process_count=jax.process_count(),
                                     rows=rows, start_batch=start_batch))
@@ -88,9 +90,14 @@ def data_iterator(spec: ExperimentSpec, source, mesh, start_batch: int = 0):
 def abstract_batch(spec: ExperimentSpec, sharding, batch_size: int | None = None) -> dict:
   """The global batch's shapes and dtypes (``batch_size``: default the config's)."""
   b = batch_size or spec.data.batch_size
-  return {"image": jax.ShapeDtypeStruct((b, *spec.data.image_shape), np.float32,
-                                        sharding=sharding),
-          "label": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding)}
+  batch = {"image": jax.ShapeDtypeStruct((b, *spec.data.image_shape), np.float32,
+                                         sharding=sharding),
+           "label": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding)}
+  if spec.data.augment is not None:  # EDM's augmentation labels
+    from diffjax.data.augment import AUGMENT_DIM
+    batch["augment_labels"] = jax.ShapeDtypeStruct((b, AUGMENT_DIM), np.float32,
+                                                   sharding=sharding)
+  return batch
 
 
 def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh, step=None):
@@ -103,9 +110,12 @@ def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh, ste
     variables, step = ckpt.restore_variables(abstract, step)
   finally:
     ckpt.close()
+  if variables is None and spec.init.path:  # nothing trained here: the imported checkpoint
+    variables, step = imported_variables(spec, abstract), 0
   if variables is None:
     raise ConfigError(f"no checkpoint in {workdir / 'checkpoints'}; train first "
-                      f"(--mode train) or point --workdir at a trained run")
+                      f"(--mode train), point --workdir at a trained run, or import a "
+                      f"published checkpoint (init.checkpoint, init.format)")
   if spec.sample.posthoc_ema_std:
     for role, params in posthoc_params(spec, workdir, abstract, step).items():
       variables[role] = {**variables[role], "params": params}
@@ -115,6 +125,41 @@ def restore_for_inference(spec: ExperimentSpec, workdir: pathlib.Path, mesh, ste
     aux_vars, _ = restore_for_inference(aux, other, mesh, None if other_step < 0 else other_step)
     variables[role] = next(iter(aux_vars.values()))  # the other run's first network
   return variables, step
+
+
+def import_init(spec: ExperimentSpec, abstract) -> tuple[str, dict]:
+  """``(role, parameters)``: ``init.checkpoint`` imported into the method's first network, placed in
+  the shardings of ``abstract`` (a state whose leaves carry them). ConfigError if the file does
+  not fit the network."""
+  from diffjax.models.importers import import_checkpoint  # only runs that import need it
+  from diffjax.models.weight_files import WeightImportError
+  role = next(iter(spec.method.networks))
+  module = spec.method.networks[role].module
+  x_shape = getattr(spec.method, "x_shape", spec.data.image_shape)
+  try:
+    params, info = import_checkpoint(spec.init.path, spec.init.format, module, x_shape)
+  except WeightImportError as e:
+    raise ConfigError(f"init.checkpoint: {e}") from None
+  log(f"imported {info['num_params'] / 1e6:.2f}M parameters into the {role} from "
+      f"{info['source']} ({spec.init.format}, sha256 {info['source_sha256'][:16]}...)" +
+      "".join(f"\n  note: {n}" for n in info["notes"]))
+  shardings = jax.tree.map(lambda a: a.sharding, abstract.nets[role].params)
+  return role, jax.device_put(params, shardings)
+
+
+def imported_variables(spec: ExperimentSpec, abstract) -> dict:
+  """``{role: Flax variables}`` for inference from ``init.checkpoint``: the imported first network
+  and the others' own initialisation (a frozen autoencoder loads its weights there)."""
+  role, params = import_init(spec, abstract)
+  variables = {}
+  for i, (name, net) in enumerate(spec.method.networks.items()):
+    if name == role:
+      variables[name] = {"params": params}
+      continue
+    shardings = jax.tree.map(lambda a: a.sharding, abstract.nets[name].params)
+    init = dict(nn.meta.unbox(jax.jit(net.init)(jax.random.fold_in(jax.random.PRNGKey(0), i))))
+    variables[name] = {**init, "params": jax.device_put(init.pop("params"), shardings)}
+  return variables
 
 
 def posthoc_params(spec: ExperimentSpec, workdir: pathlib.Path, abstract, step: int) -> dict:
@@ -158,15 +203,16 @@ def sample_grid(generate: Generator, params, spec: ExperimentSpec, rng) -> np.nd
 
 
 def generate_images(generator: Generator, params, spec: ExperimentSpec, n: int, rng,
-                    chunk: int, labels=None) -> tuple[np.ndarray, np.ndarray]:
+                    chunk: int, labels=None, rounding: str = "round"
+                    ) -> tuple[np.ndarray, np.ndarray]:
   """``n`` uint8 samples of ``labels`` (default: balanced classes), ``chunk`` per device call,
-  with progress lines for long runs."""
+  with progress lines for long runs; ``rounding`` as `images.to_uint8`."""
   labels = grid_labels(n, spec.data.num_classes) if labels is None else np.asarray(labels,
                                                                                     np.int32)
   outs, start = [], time.time()
   for i in range(0, n, chunk):
     outs.append(images.to_uint8(generator(params, jax.random.fold_in(rng, i),
-                                          labels[i:i + chunk])))
+                                          labels[i:i + chunk]), rounding))
     done = min(n, i + chunk)
     if done < n:
       rate = done / (time.time() - start)

@@ -29,7 +29,7 @@ from diffjax.jobs.common import (experiment_spec, generate_images, grid_columns,
 
 def _interval(values: list[float]) -> dict[str, float]:
   v = np.asarray(values, np.float64)
-  out = {"mean": float(v.mean())}
+  out = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
   if len(v) > 1:
     half = scipy.stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
     out.update(std=float(v.std(ddof=1)), ci95_low=float(v.mean() - half),
@@ -74,7 +74,8 @@ def score(spec: ExperimentSpec, workdir, mesh, params, step: int, evaluator=None
   for seed in range(e.seeds):
     t0 = time.time()
     x, labels = generate_images(generator, params, spec, e.num_samples,
-                                jax.random.PRNGKey(1000 + seed), e.batch_size)
+                                jax.random.PRNGKey(1000 + seed), e.batch_size,
+                                rounding=e.sample_uint8)
     scores = evaluator.score(x, labels if spec.method.conditional else None)
     scores["seconds"] = time.time() - t0
     per_seed.append(scores)
@@ -96,6 +97,7 @@ def score(spec: ExperimentSpec, workdir, mesh, params, step: int, evaluator=None
             "sampler": spec.method.sampling_info(),
             "feature_net": evaluator.net.fingerprint, "reference": str(evaluator.path),
             "reference_fingerprint": evaluator.ref["fingerprint"],
+            "sample_uint8": e.sample_uint8,
             "metrics": {k: _interval([p[k] for p in per_seed])["mean"] for k in keys},
             "intervals": {k: _interval([p[k] for p in per_seed]) for k in keys},
             "per_seed": per_seed, "seconds": time.time() - start}
@@ -177,7 +179,8 @@ def evaluate_grid(config, spec: ExperimentSpec, workdir, mesh, evaluator) -> dic
     per_seed = []
     for seed in range(e.seeds):
       x, labels = generate_images(generators[key], cell_vars, cell_spec, e.num_samples,
-                                  jax.random.PRNGKey(1000 + seed), e.batch_size)
+                                  jax.random.PRNGKey(1000 + seed), e.batch_size,
+                                  rounding=e.sample_uint8)
       per_seed.append(evaluator.score(x, labels if cell_spec.method.conditional else None))
     keys = list(per_seed[0])
     row = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in cell.items()},

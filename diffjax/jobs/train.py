@@ -20,8 +20,8 @@ from diffjax import parallel, workdir as workdir_lib
 from diffjax.experiment import ExperimentSpec
 from diffjax.faults import DataError, NumericalAbort, Preempted, PreemptionWatcher, RunFault
 from diffjax.jobs.common import (abstract_batch, checkpointer, data_iterator, data_source,
-                                 experiment_spec, generate_images, log, make_generator,
-                                 make_mesh, sample_grid, state_setup)
+                                 experiment_spec, generate_images, import_init, log,
+                                 make_generator, make_mesh, sample_grid, state_setup)
 from diffjax.training import (Checkpointer, LogWindow, MetricsWriter, Progress, parameter_count,
                               posthoc_ema)
 from diffjax.training.feeder import DeviceFeeder
@@ -38,7 +38,7 @@ def run_periodic_eval(evaluator, generate, params, spec: ExperimentSpec,
   """Scores ``eval.train_num_samples`` EMA samples; returns ``{"eval/<metric>": value}``."""
   n = spec.eval.train_num_samples
   x, labels = generate_images(generate, params, spec, n, jax.random.PRNGKey(spec.train.seed + 3),
-                              spec.eval.batch_size)
+                              spec.eval.batch_size, rounding=spec.eval.sample_uint8)
   scores = evaluator.score(x, labels if spec.method.conditional else None)
   log(f"eval at step {step} ({n} samples): " +
       ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
@@ -144,6 +144,13 @@ def train(config, workdir: str) -> dict:
   window = LogWindow()
   if state is None:
     state = setup.init(jax.random.PRNGKey(spec.train.seed))
+    if spec.init.path:  # fine-tuning: start from the imported checkpoint (and its EMA)
+      role, params = import_init(spec, setup.abstract)
+      net = state.nets[role]
+      copy = lambda: jax.tree.map(lambda a: a.copy(), params)  # own buffers: state is donated
+      state = state.with_net(role, net.replace(
+          params=params, ema_params=copy() if net.ema_params is not None else None,
+          posthoc=None if net.posthoc is None else tuple(copy() for _ in net.posthoc)))
   else:
     log(f"resumed from checkpoint at step {restored_step} in {workdir}")
     window = LogWindow(ckpt.log_window(restored_step))

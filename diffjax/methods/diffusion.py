@@ -29,7 +29,7 @@ import ml_collections
 import optax
 
 from diffjax import diffusion
-from diffjax.diffusion import likelihood
+from diffjax.diffusion import learned_variance, likelihood
 from diffjax.fields import FieldChecker
 from diffjax.methods.base import Method, MethodContext, Network
 from diffjax.methods.registry import register_method
@@ -47,6 +47,8 @@ class DiffusionSpec:
   min_snr_gamma: float
   t_sampler: str
   t_sampler_options: tuple[tuple[str, Any], ...]
+  learn_sigma: bool = False  # Nichol & Dhariwal's learned variances (hybrid loss)
+  vlb_weight: float = 0.001  # their lambda
 
   @property
   def sigma_data(self) -> float:
@@ -71,8 +73,16 @@ class DiffusionSpec:
       ck.attempt("diffusion.t_sampler_kwargs", lambda: jax.eval_shape(
           lambda k: diffusion.sample_t(k, 2, schedule, df.t_sampler, **df.t_sampler_kwargs),
           jax.random.PRNGKey(0)))
+    learn_sigma, vlb_weight = bool(df.get("learn_sigma", False)), df.get("vlb_weight", 0.001)
+    if learn_sigma:
+      if schedule and param:
+        ck.attempt("diffusion.learn_sigma", lambda: learned_variance.check_schedule(schedule,
+                                                                                    param))
+      ck.require(df.t_sampler == "uniform", "diffusion.t_sampler",
+                 "learned variances train on the chain's steps: t_sampler must be uniform")
+      ck.require(vlb_weight >= 0, "diffusion.vlb_weight", f"must be >= 0, got {vlb_weight}")
     return cls(schedule, param, df.weighting, float(df.min_snr_gamma), df.t_sampler,
-               items(df.t_sampler_kwargs))
+               items(df.t_sampler_kwargs), learn_sigma, float(vlb_weight))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +98,13 @@ class SamplerSpec:
   guidance_rescale: float = 0.0
   guide_workdir: str = ""  # autoguidance: the guiding run
   guide_step: int = -1
+  clip_denoised: bool = False  # clip x0_hat to [-1, 1] at every step (DDPM, ADM pixels)
+  guidance_channels: int = 0  # guide only the first k output channels (0: all; DiT: 3)
+
+  @property
+  def learned_variance(self) -> bool:
+    """Ancestral sampling with the network's learned variances (``options.variance``)."""
+    return self.sampler == "ddpm" and dict(self.options).get("variance") == "learned"
 
   @property
   def guided(self) -> bool:
@@ -117,8 +134,11 @@ class SamplerSpec:
     options = items(s.options)
     if s.sampler in diffusion.SAMPLERS:
       options = ck.keywords(diffusion.SAMPLERS, s.sampler, options, "sample.options")
+    channels = s.get("guidance_channels", 0)
+    ck.positive_int(channels, "sample.guidance_channels", minimum=0)
     return cls(s.sampler, s.num_steps, s.spacing, options, float(s.guidance_scale),
-               interval or None, rescale, guide, int(auto.get("step", -1)))
+               interval or None, rescale, guide, int(auto.get("step", -1)),
+               bool(s.get("clip_denoised", False)), channels if isinstance(channels, int) else 0)
 
 
 def loss_fn(params, batch, rng, *, model, spec: DiffusionSpec, conditional: bool,
@@ -130,12 +150,22 @@ def loss_fn(params, batch, rng, *, model, spec: DiffusionSpec, conditional: bool
   """
   rng_loss, rng_dropout = jax.random.split(rng)
   labels = batch["label"] if conditional else None
+  # EDM's augmentation labels (diffjax.data.augment), when the pipeline makes them.
+  extra = {"augment_labels": batch["augment_labels"]} if "augment_labels" in batch else {}
 
   def net_fn(x, level, cond):
     return model.apply({"params": params}, x, level, cond, train=train,
-                       rngs={"dropout": rng_dropout})
+                       rngs={"dropout": rng_dropout}, **extra)
 
   t, eps = noise if noise is not None else (None, None)
+  if spec.learn_sigma:
+    per_example, aux = learned_variance.hybrid_loss(
+        net_fn, batch["image"], rng_loss, spec.schedule, spec.parameterization, cond=labels,
+        vlb_weight=spec.vlb_weight, weighting=spec.weighting,
+        t_sampler_options=dict(spec.t_sampler_options), min_snr_gamma=spec.min_snr_gamma,
+        t=t, eps=eps)
+    return jnp.mean(per_example), {"per_example": per_example, "t": aux["t"],
+                                   "mse": jnp.mean(aux["mse"]), "vlb": jnp.mean(aux["vlb"])}
   per_example, aux = diffusion.denoising_loss(
       net_fn, batch["image"], rng_loss, spec.schedule, spec.parameterization, cond=labels,
       weighting=spec.weighting, t_sampler=spec.t_sampler,
@@ -203,6 +233,39 @@ def _check_network(module, data: DataSpec, conditional: bool, shape=None) -> Non
                      f"{data.channels} images: {type(e).__name__}: {str(e).splitlines()[0]}")
 
 
+def _check_learned_variance(method: "DiffusionMethod", ck: FieldChecker,
+                            check_network: bool) -> None:
+  """The network's output width and the sampler against ``diffusion.learn_sigma``."""
+  s, learn = method.sampler, method.diffusion.learn_sigma
+  if s.learned_variance:
+    ck.require(learn, "sample.options.variance", "'learned' samples with the network's "
+               "learned variances: it needs diffusion.learn_sigma=True")
+    ck.require(not (s.guidance_interval or s.guidance_rescale or s.guide_workdir),
+               "sample.options.variance", "learned-variance sampling takes classifier-free "
+               "guidance without guidance_interval, guidance_rescale or autoguidance")
+    ck.require(s.spacing in ("auto", "respaced", "uniform"), "sample.spacing",
+               f"learned-variance sampling walks the chain's steps: auto (= respaced), "
+               f"respaced or uniform, got {s.spacing!r}")
+  ck.require(not s.guidance_channels or s.learned_variance, "sample.guidance_channels",
+             "is implemented for learned-variance sampling (sample.options.variance=learned)")
+  if not check_network:
+    return
+  x = jax.ShapeDtypeStruct((1, *method.x_shape), jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+  y = jax.ShapeDtypeStruct((1,), jnp.int32) if method.conditional else None
+  try:
+    out = jax.eval_shape(lambda k: method.module.init_with_output(k, x, t, y)[0],
+                         jax.random.PRNGKey(0))
+  except Exception:  # pylint: disable=broad-except  (reported by _check_network)
+    return
+  c = method.x_shape[-1]
+  want = 2 * c if learn else c
+  ck.require(out.shape[-1] == want, "model.kwargs.out_channels",
+             f"the network outputs {out.shape[-1]} channels for {c}-channel data; "
+             f"diffusion.learn_sigma={learn} needs {want}" +
+             (" (prediction and variance)" if learn else ""))
+
+
 @register_method("diffusion")
 class DiffusionMethod(Method):
   """Denoising diffusion (DDPM, VP/VE, EDM, v-prediction, flow matching by configuration)."""
@@ -242,6 +305,14 @@ class DiffusionMethod(Method):
     if method is not None and sampler.guide_workdir:
       method.guide = ck.attempt("sample.autoguidance.workdir",
                                 lambda: _guide_method(sampler.guide_workdir, method))
+    if method is not None:
+      _check_learned_variance(method, ck, ctx.check_network)
+    augment = getattr(ctx.data, "augment", None)
+    if method is not None and augment is not None:
+      from diffjax.models.unet import UNet  # the network that takes augmentation labels
+      ck.require(isinstance(method.module, UNet) and method.module.augment_dim == 9,
+                 "model.kwargs.augment_dim", "EDM's augmentation (data.augment.p > 0) "
+                 "conditions the network on its 9 labels: a UNet with augment_dim=9")
     return method
 
   # --- networks -----------------------------------------------------------------------------
@@ -251,8 +322,13 @@ class DiffusionMethod(Method):
     return self.module.init({"params": rng, "dropout": rng}, x, jnp.zeros((1,)), labels)
 
   def denoiser(self, variables):
-    """``denoise(x_t, t, labels) -> x0_hat`` of the network with Flax ``variables``."""
+    """``denoise(x_t, t, labels) -> x0_hat`` of the network with Flax ``variables`` (of its
+    prediction channels when it also learns variances)."""
     net_fn = lambda x, level, cond: self.module.apply(variables, x, level, cond)
+    if self.diffusion.learn_sigma:
+      channels = self.x_shape[-1]
+      full = net_fn
+      net_fn = lambda x, level, cond: full(x, level, cond)[..., :channels]
     return diffusion.make_denoiser(net_fn, self.diffusion.parameterization,
                                    self.diffusion.schedule)
 
@@ -276,6 +352,8 @@ class DiffusionMethod(Method):
     net = apply_gradients(net, self.networks["denoiser"].optimizer, grads)
     # (with accumulation, of the last micro-batch's examples)
     by_level = loss_by_logsnr(aux["per_example"], self.diffusion.schedule.logsnr(aux["t"]))
+    if self.diffusion.learn_sigma:  # the hybrid loss's two terms (vlb in bits/dim)
+      by_level.update(loss_mse=aux["mse"], loss_vlb=aux["vlb"])
     return state.with_net("denoiser", net), {"loss": loss, "grad_norm": optax.tree.norm(grads),
                                              **by_level}
 
@@ -286,9 +364,31 @@ class DiffusionMethod(Method):
     s = self.sampler
     return {"guide": (s.guide_workdir, s.guide_step)} if s.guide_workdir else {}
 
+  def _generate_learned(self, variables, rng, labels):
+    """Ancestral sampling with the learned variances (`learned_variance.sample`)."""
+    s = self.sampler
+    net_fn = lambda x, level, cond: self.module.apply(variables["denoiser"], x, level, cond)
+    scale = variables.get("sampling", {}).get("guidance_scale", s.guidance_scale)
+    guided = s.guided and self.conditional
+    x = learned_variance.sample(
+        net_fn, self.diffusion.parameterization, self.diffusion.schedule,
+        (labels.shape[0], *self.x_shape), rng, num_steps=s.num_steps,
+        spacing="respaced" if s.spacing == "auto" else s.spacing,
+        cond=labels if self.conditional else None, guidance_scale=scale if guided else None,
+        null_cond=self.num_classes if guided else None, guidance_channels=s.guidance_channels,
+        clip_denoised=s.clip_denoised)
+    if self.latent is not None:
+      return self.latent.decode(variables["autoencoder"], x)
+    return jnp.clip(x, -1.0, 1.0)
+
   def generate(self, variables, rng, labels):
     s = self.sampler
+    if s.learned_variance:
+      return self._generate_learned(variables, rng, labels)
     denoise = self.denoiser(variables["denoiser"])
+    if s.clip_denoised:  # x0_hat clipped to the data range at every step
+      unclipped = denoise
+      denoise = lambda x, t, c=None: jnp.clip(unclipped(x, t, c), -1.0, 1.0)
     kwargs = dict(sampler=s.sampler, num_steps=s.num_steps, spacing=s.spacing, **dict(s.options))
     # An evaluation grid passes the scale as an array (``variables["sampling"]``): one compiled
     # sampler then serves every guidance scale of the grid.
@@ -317,12 +417,15 @@ class DiffusionMethod(Method):
             "options": dict(s.options), "guidance_scale": s.guidance_scale,
             "guidance_interval": s.guidance_interval, "guidance_rescale": s.guidance_rescale,
             "autoguidance": ({"workdir": s.guide_workdir, "step": s.guide_step}
-                             if s.guide_workdir else None)}
+                             if s.guide_workdir else None),
+            "clip_denoised": s.clip_denoised, "guidance_channels": s.guidance_channels}
 
   def evaluations_per_image(self) -> int | None:
     """Denoiser evaluations per image (classifier-free guidance runs each on a doubled
     batch; autoguidance adds one guide evaluation each)."""
     s = self.sampler
+    if s.learned_variance:
+      return learned_variance.evaluations(s.num_steps)
     return diffusion.evaluations(s.sampler, self.diffusion.schedule, s.num_steps, s.spacing,
                                  **dict(s.options))
 
@@ -335,6 +438,10 @@ class DiffusionMethod(Method):
       tag += f"_int{s.guidance_interval[0]:g}-{s.guidance_interval[1]:g}"
     if s.guidance_rescale:
       tag += f"_rescale{s.guidance_rescale:g}"
+    if s.learned_variance:
+      tag += "_learnedvar"
+    if s.clip_denoised:
+      tag += "_clip"
     return tag
 
   # --- likelihood ---------------------------------------------------------------------------
