@@ -10,8 +10,9 @@ written with diffjax.models.vae_weights.save_feature_net).
       --images ../shared/assets/data/fashion_mnist/train-images-idx3-ubyte.gz \\
       --labels ../shared/assets/data/fashion_mnist/train-labels-idx1-ubyte.gz   # and test
   python launch.py --config configs/autoencoder_fmnist.py --workdir runs/ae_fmnist
-  python launch.py --config configs/autoencoder_fmnist.py --workdir runs/ae_fmnist --mode encode \\
-      --config.eval.inception_source=../shared/assets/inception/inception-2015-12-05-fid.torchscript.pt
+  INCEPTION=../shared/assets/inception/inception-2015-12-05-fid.torchscript.pt
+  python launch.py --config configs/autoencoder_fmnist.py --workdir runs/ae_fmnist \\
+      --mode encode --config.eval.inception_source=$INCEPTION
 
 ``:tiny`` is a smoke run on the 8x8 digits (``vae-tiny``, 4x4x4 latents) for the tests.
 """

@@ -31,6 +31,10 @@ def get_config(arg=None):
   c.data.num_workers = 1
   c.latent.autoencoder = "vae-f4-small"
   c.latent.sample_posterior = True
+  # The autoencoder trained here has no scaling factor of its own: its latents (per-channel
+  # means of 2 to 7, deviations of 1 to 3) are standardised with the latent dataset's
+  # per-channel statistics (the manifest's), as EDM2 does.
+  c.latent.channel_stats = True
 
   # A small DiT (1.2M parameters: depth 4, width 128) for a 2-core CPU; patch 1 on the 7x7
   # latents: 49 tokens.
@@ -70,6 +74,7 @@ def get_config(arg=None):
     c.data.path = "data/fashion_mnist"
     c.eval.ref_data_path = "data/fashion_mnist_test"
     c.latent.autoencoder = ""
+    c.latent.channel_stats = False
     c.model.kwargs.patch_size = 4  # 28x28x1 in 4x4 patches: 49 tokens, as the latent model
   if arg in ("tiny", "pixel_tiny"):
     c = base.tiny(c)

@@ -244,8 +244,9 @@ def test_adaptive_weight_equals_full_backprop_at_the_last_layer():
   params = method.module.init(rng, x)["params"]
   d_params = method.discriminator.init(rng, x)["params"]
   eps = jax.random.normal(rng, (4, *method.latent_shape))
-  _, (m, _) = jax.jit(lambda p: method._loss(p, {"image": x}, eps,
-                                              fixed={"discriminator": d_params}, factor=1.0))(params)
+  loss = lambda p: method._loss(p, {"image": x}, eps, fixed={"discriminator": d_params},
+                                factor=1.0)
+  _, (m, _) = jax.jit(loss)(params)
 
   def terms(p):
     mean, logvar = method.module.apply({"params": p}, x, method="encode")

@@ -185,7 +185,7 @@ def test_latent_diffusion_end_to_end_through_launch(tmp_path):
   eval in pixels, with reconstruction metrics from --mode encode."""
   ae = tmp_path / "ae"
   common = ["--config.train.num_steps=6", "--config.logging.log_every=3",
-            "--config.checkpoint.every_steps=6"]
+            "--config.checkpoint.every_steps=6", "--config.eval.classifier_steps=50"]
   out = launch("--config", "configs/autoencoder_fmnist.py:tiny", "--workdir", ae, *common,
                *FSDP8, env=EIGHT).stdout
   assert "method autoencoder" in out and "'fsdp': 8" in out

@@ -117,7 +117,7 @@ def load_autoencoder(spec: ExperimentSpec, config, workdir: pathlib.Path, out: p
   if isinstance(method, AutoencoderMethod):
     _check_workdir(workdir, config)
     variables, step = restore_for_inference(spec, workdir, mesh)
-    ae_vars = jax.device_get(variables["autoencoder"])
+    ae_vars = jax.tree.map(_to_host, variables["autoencoder"])
     weights = out / "autoencoder.npz"
     record = vae_weights.params_sha256(ae_vars["params"])
     if jax.process_index() == 0:
@@ -146,6 +146,13 @@ def load_autoencoder(spec: ExperimentSpec, config, workdir: pathlib.Path, out: p
   record.update(variant=variant, architecture=architecture(module),
                 normalization=normalization(module), weights=str(weights))
   return Autoencoder(module, ae_vars, record, reconstruct)
+
+
+def _to_host(x) -> np.ndarray:
+  """A (possibly sharded, multi-process) array as a numpy array on every process."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _pixel_path(spec: ExperimentSpec, split: str) -> str:

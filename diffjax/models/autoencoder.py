@@ -387,8 +387,8 @@ def denormalize_latents(z, scaling_factor: float, shift_factor: float = 0.0,
 # --- memory: chunks of a batch, tiles of an image ---------------------------------------------
 def map_batches(fn: Callable, x, chunk: int):
   """``fn(x)`` computed ``chunk`` examples at a time in sequence (``lax.map``), so only one
-  chunk's activations are live; equal to ``fn(x)`` (to rounding) for per-example functions. The batch is
-  padded to a multiple of ``chunk`` (the padding's results are dropped)."""
+  chunk's activations are live; equal to ``fn(x)`` (to rounding) for per-example functions.
+  The batch is padded to a multiple of ``chunk`` (the padding's results are dropped)."""
   n = x.shape[0]
   if chunk <= 0 or chunk >= n:
     return fn(x)

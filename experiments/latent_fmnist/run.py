@@ -31,6 +31,7 @@ import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # diffjax, when run as a script from the repository root
 HERE = pathlib.Path(__file__).resolve().parent
 ASSETS = ROOT.parent / "shared" / "assets"
 INCEPTION = ASSETS / "inception" / "inception-2015-12-05-fid.torchscript.pt"
@@ -131,13 +132,18 @@ def main():
   p.add_argument("--seconds", type=float, default=300.0)
   p.add_argument("--n", type=int, default=500)
   p.add_argument("--sample_steps", type=int, default=25)
+  p.add_argument("--models", default="latent,pixel", help="diffusion models to (re)train")
+  p.add_argument("--reuse_autoencoder", action="store_true",
+                 help="keep the trained autoencoder and latents of an earlier run")
   a = p.parse_args()
   runs, data = (ROOT / a.runs).absolute(), (ROOT / a.data).absolute()
   runs.mkdir(parents=True, exist_ok=True)
   if not INCEPTION.exists():
     sys.exit(f"the FID Inception is not at {INCEPTION}")
   log = open(runs / "log.txt", "a")
-  results: dict = {"args": vars(a), "stages": {}}
+  saved = runs / "results.json"
+  results: dict = json.loads(saved.read_text()) if saved.exists() else {"stages": {}}
+  results["args"] = vars(a)
   stages = results["stages"]
   t = time.time()
   convert(data)
@@ -147,16 +153,18 @@ def main():
             f"--config.eval.ref_data_path={data / 'fashion_mnist_test'}"]
   ae = ["--config", "configs/autoencoder_fmnist.py", "--workdir", runs / "ae", *pixels,
         f"--config.train.num_steps={a.ae_steps}"]
-  r = launch(ae, log=log)
-  stages["autoencoder"] = {"seconds": r["seconds"], "train_seconds": r["train_seconds"],
-                           "steps": last_step(r["output"])}
-  r = launch([*ae, "--mode", "encode", f"--config.eval.inception_source={INCEPTION}",
-              f"--config.eval.inception_cache={runs / 'cache'}", f"--config.encode.eval_num={a.n}"],
-             log=log)
-  manifest = json.loads((runs / "ae" / "latents" / "manifest.json").read_text())
-  recon = json.loads((runs / "ae" / "latents" / "reconstruction_test.json").read_text())
-  stages["encode"] = {"seconds": r["seconds"], **manifest["this_launch"]}
-  results["reconstruction"] = recon
+  if not a.reuse_autoencoder:
+    r = launch(ae, log=log)
+    stages["autoencoder"] = {"seconds": r["seconds"], "train_seconds": r["train_seconds"],
+                             "steps": last_step(r["output"])}
+    r = launch([*ae, "--mode", "encode", f"--config.eval.inception_source={INCEPTION}",
+                f"--config.eval.inception_cache={runs / 'cache'}",
+                f"--config.encode.eval_num={a.n}"], log=log)
+    manifest = json.loads((runs / "ae" / "latents" / "manifest.json").read_text())
+    recon = json.loads((runs / "ae" / "latents" / "reconstruction_test.json").read_text())
+    stages["encode"] = {"seconds": r["seconds"], **manifest["this_launch"]}
+    results["reconstruction"] = recon
+    (runs / "results.json").write_text(json.dumps(results, indent=1))
 
   models = {"latent": ["--config", "configs/latent_fmnist.py", "--workdir", runs / "ldm",
                        f"--config.data.path={runs / 'ae' / 'latents'}"],
@@ -167,6 +175,12 @@ def main():
              f"--config.sample.num_steps={a.sample_steps}"]
   samples = {}
   for name, args in models.items():
+    if name not in a.models.split(","):
+      samples[name] = max((args[3] / "samples").glob("*.npz"), key=lambda q: q.stat().st_mtime)
+      continue
+    if args[3].exists():  # a fresh run of this model
+      import shutil
+      shutil.rmtree(args[3])
     r = launch([*args, *driving], stop_after=a.seconds, log=log)
     stages[name] = {"train_seconds": r["train_seconds"], "steps": last_step(r["output"]),
                     "returncode": r["returncode"]}
@@ -174,6 +188,7 @@ def main():
                log=log)
     stages[name]["sample_seconds"] = r["seconds"]
     samples[name] = max((args[3] / "samples").glob("*.npz"), key=lambda q: q.stat().st_mtime)
+    (runs / "results.json").write_text(json.dumps(results, indent=1))
   t = time.time()
   results["generation"] = score(samples, data, a.n)
   stages["score_seconds"] = time.time() - t
@@ -184,6 +199,7 @@ def main():
   grid = runs / "ae" / "latents" / "reconstruction_test.png"
   (HERE / "reconstructions.png").write_bytes(grid.read_bytes())
   (HERE / "results.json").write_text(json.dumps(results, indent=1))
+  (runs / "results.json").write_text(json.dumps(results, indent=1))
   write_markdown(results)
   print(json.dumps({k: v for k, v in results.items() if k != "args"}, indent=1))
 
