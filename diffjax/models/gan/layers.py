@@ -145,13 +145,28 @@ def conv2d(x, kernel, *, stride: int = 1, padding: int | Sequence[tuple[int, int
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
+def _zero_insert(x, factor: int):
+  """``factor - 1`` zeros after every sample of NHWC ``x`` on both spatial axes (reshape and
+  pad: cheap to differentiate to any order, unlike a convolution's ``lhs_dilation``, which
+  XLA:CPU runs on a slow path)."""
+  if factor == 1:
+    return x
+  n, h, w, c = x.shape
+  x = x.reshape(n, h, 1, w, 1, c)
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, factor - 1), (0, 0), (0, factor - 1), (0, 0)))
+  return x.reshape(n, h * factor, w * factor, c)
+
+
 def conv_transpose2d(x, kernel, *, stride: int, padding: int):
   """``torch.nn.functional.conv_transpose2d`` semantics for a kernel stored ``[kh, kw, in,
   out]`` (PyTorch's ``[in, out, kh, kw]`` permuted): zeros inserted between inputs, then a
   correlation with the spatially flipped kernel; output ``(H - 1) * stride - 2 * padding + k``."""
   k = kernel.shape[0]
   pad = k - 1 - padding
-  return conv2d(x, kernel[::-1, ::-1], padding=[(pad, pad)] * 2, lhs_dilation=stride)
+  x = _zero_insert(x, stride)
+  if stride > 1:  # no zeros after the last sample
+    x = x[:, :x.shape[1] - stride + 1, :x.shape[2] - stride + 1]
+  return conv2d(x, kernel[::-1, ::-1], padding=[(pad, pad)] * 2)
 
 
 def fir_kernel(taps: Sequence[float], gain: float = 1.0) -> np.ndarray:
@@ -167,17 +182,28 @@ def upfirdn2d(x, kernel: np.ndarray, *, up: int = 1, down: int = 1,
 
   Each input sample is followed by ``up - 1`` zeros, the result is padded by ``pad`` on both
   spatial axes, convolved with ``kernel`` per channel and every ``down``-th sample kept:
-  output size ``(H * up + pad0 + pad1 - kh) // down + 1``.
+  output size ``(H * up + pad0 + pad1 - kh) // down + 1``. A separable (rank-one) kernel, as
+  every FIR filter of `fir_kernel` is, runs as weighted sums of shifted slices, one axis at a
+  time (elementwise work XLA fuses, and cheap to differentiate twice for R1 and path length);
+  others as a depthwise convolution.
   """
-  channels = x.shape[-1]
-  kh, kw = kernel.shape
-  k = jnp.asarray(kernel[::-1, ::-1], x.dtype)  # true convolution
-  k = jnp.tile(k[:, :, None, None], (1, 1, 1, channels))
   p0, p1 = pad
-  padding = [(p0, p1 + up - 1)] * 2
   if p0 < 0 or p1 < 0:
     raise ValueError(f"upfirdn2d: negative padding {pad} is not supported")
-  return conv2d(x, k, stride=down, padding=padding, lhs_dilation=up, groups=channels)
+  kernel = np.asarray(kernel, np.float64)
+  u, sv, vt = np.linalg.svd(kernel)
+  x = _zero_insert(x, up)
+  x = jnp.pad(x, ((0, 0), (p0, p1), (p0, p1), (0, 0)))
+  if len(sv) > 1 and sv[1] > 1e-6 * sv[0]:  # not separable
+    channels = x.shape[-1]
+    k = jnp.tile(jnp.asarray(kernel[::-1, ::-1], x.dtype)[:, :, None, None], (1, 1, 1, channels))
+    return conv2d(x, k, stride=down, groups=channels)
+  col, row = u[:, 0] * np.sqrt(sv[0]), vt[0] * np.sqrt(sv[0])
+  for axis, taps in ((1, col[::-1]), (2, row[::-1])):  # true convolution: flipped taps
+    length = x.shape[axis] - len(taps) + 1
+    x = sum(float(t) * jax.lax.slice_in_dim(x, i, i + length, axis=axis)
+            for i, t in enumerate(taps))
+  return x[:, ::down, ::down]
 
 
 # --- equalised learning rate (Karras et al. 2018) ----------------------------------------------
