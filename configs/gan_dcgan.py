@@ -22,3 +22,14 @@ def get_config(arg=None):
   c.train.ema_decay = 0.999
   return gan_base.apply_arg(c, arg, "dcgan", {"generator.width": 32,
                                               "discriminator.width": 32})
+
+
+def get_sweep():
+  """Loss and augmentation ablation:
+  python launch.py --config configs/gan_dcgan.py:fmnist --workdir runs/dcgan_sweep --sweep"""
+  return [
+      {"name": "non_saturating", "gan.loss": "non_saturating"},
+      {"name": "hinge", "gan.loss": "hinge"},
+      {"name": "non_saturating_diffaugment", "gan.loss": "non_saturating",
+       "gan.augment": "diffaugment"},
+  ]

@@ -99,28 +99,39 @@ def _batch(n=16, size=16):
   return {"image": x, "label": np.asarray([src[i]["label"] for i in range(n)], np.int32)}
 
 
-def _run(config, devices, steps, batch):
+def _run(config, devices, steps, batch, keep_states=False):
   spec = build_spec(config, num_devices=len(devices))
   mesh = parallel.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
   setup = state_setup(spec, mesh)
   step = jit_train_step(setup, mesh, spec.train, spec.faults)
   state, metrics = setup.init(jax.random.PRNGKey(0)), []
+  states = [jax.device_get(state.nets)] if keep_states else None
   for _ in range(steps):
     state, m = step(state, parallel.global_batch(batch, parallel.batch_sharding(mesh)))
     metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
-  return spec, state, metrics
+    if keep_states:
+      states.append(jax.device_get(state.nets))
+  return spec, (states if keep_states else state), metrics
 
 
-def test_eight_devices_give_the_losses_of_one():
+def test_eight_devices_give_the_losses_of_one_and_a_nan_step_changes_nothing():
   """DCGAN (batch norm: statistics over the global batch) with DiffAugment, two critic
-  updates a step: the same losses on 8 devices as on 1, to float rounding."""
-  c = _config("dcgan", **{"gan.augment": "diffaugment", "gan.n_critic": 2})
+  updates a step: the same losses on 8 devices as on 1, to float rounding. The shared
+  non-finite policy applies to the GAN as to any method: the update of step 1 (its loss
+  made NaN by fault injection) is rejected for both networks and counted."""
+  c = _config("dcgan", **{"gan.augment": "diffaugment", "gan.n_critic": 2,
+                          "faults.inject_nan_steps": (1,)})
   batch = _batch()
-  _, _, one = _run(c, jax.devices()[:1], 3, batch)
+  _, states, one = _run(c, jax.devices()[:1], 3, batch, keep_states=True)
   _, _, eight = _run(c, jax.devices()[:8], 3, batch)
   for a, b in zip(one, eight):
     for k in ("d_loss", "g_loss", "d_real", "d_fake"):
       assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (k, a, b)
+  assert np.isnan(one[1]["loss"]) and [m["skipped"] for m in one] == [0, 1, 1]
+  for a, b in zip(jax.tree.leaves(states[1]), jax.tree.leaves(states[2])):
+    np.testing.assert_array_equal(a, b)  # generator, discriminator, EMA, BN statistics
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(states[2]),
+                                                      jax.tree.leaves(states[3])))
 
 
 def test_dcgan_overfits_a_tiny_batch():
