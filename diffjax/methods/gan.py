@@ -292,6 +292,12 @@ class GanMethod(Method):
       ck.require(method.style_based, "gan.pl_weight / style_mixing / truncation_psi",
                  f"path-length regularisation, style mixing and truncation_psi need a "
                  f"style-based generator (stylegan2-*), not {g.name!r}")
+    group = getattr(method.discriminator, "mbstd_group", 0)
+    per_update = ctx.data.batch_size // gan.n_critic
+    if group:
+      ck.require(per_update % min(group, per_update) == 0, "discriminator.kwargs.mbstd_group",
+                 f"the minibatch-std group {group} does not divide the {per_update} images of "
+                 f"each discriminator update (data.batch_size / gan.n_critic)")
     if method.progressive:
       ck.require(gan.growth_stable_steps > 0, "gan.growth_stable_steps",
                  "a progressive (ProGAN) generator needs its growth schedule: "
