@@ -174,8 +174,6 @@ def test_bad_gan_config_lists_every_problem():
   c.discriminator.kwargs.mbstd_group = 4
   with pytest.raises(ConfigError, match="minibatch-std group 4 does not divide the 6 images"):
     build_spec(c, num_devices=1)
-  for expected in ():
-    assert expected in msg, msg
   bad = _config("dcgan", **{"gan.pl_weight": 2.0})
   with pytest.raises(ConfigError, match="need a style-based generator"):
     build_spec(bad, num_devices=1)
