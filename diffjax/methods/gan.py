@@ -282,6 +282,10 @@ class GanMethod(Method):
       ck.require(ctx.data.batch_size % gan.n_critic == 0, "gan.n_critic",
                  f"data.batch_size {ctx.data.batch_size} does not split into {gan.n_critic} "
                  f"discriminator updates")
+    if gan.loss == "wgan_gp" and config.faults.get("loss_spike_factor", 0.0) > 0:
+      ck.require(False, "faults.loss_spike_factor",
+                 "the WGAN critic's loss is signed, so a spike threshold relative to its "
+                 "running mean is meaningless; use 0 (off) with gan.loss=wgan_gp")
     if ck.errors:
       return None
     method = ck.attempt("generator.name / discriminator.name", lambda: cls(
