@@ -180,3 +180,5 @@ def test_bad_gan_config_lists_every_problem():
   progressive = _config("progan", **{"gan.growth_stable_steps": 0})
   with pytest.raises(ConfigError, match="growth_stable_steps > 0"):
     build_spec(progressive, num_devices=1)
+  with pytest.raises(ConfigError, match="loss_spike_factor: the WGAN critic's loss is signed"):
+    build_spec(_config("progan", **{"faults.loss_spike_factor": 3.0}), num_devices=1)
