@@ -345,3 +345,16 @@ def test_array_record_shards_hold_exactly_the_source_images(tmp_path):
     np.testing.assert_array_equal(ar[i]["image"], src[i]["image"])
     assert int(ar[i]["label"]) == int(src[i]["label"])
   assert np.std([ar[i]["image"] for i in range(20)]) > 10
+
+
+def test_channel_conversion_is_itu_r_601_luma_and_grey_replication():
+  """RGB(A) -> one channel: round(0.299 R + 0.587 G + 0.114 B) (ITU-R BT.601, PIL's "L"
+  weights); one channel -> three: the grey value in every channel."""
+  rng = np.random.default_rng(0)
+  rgba = rng.integers(0, 256, (8, 8, 4)).astype(np.uint8)
+  luma = np.round(rgba[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114])
+  out = preprocess({"image": rgba}, rng, image_size=8, channels=1, random_flip=False)["image"]
+  np.testing.assert_allclose((out[..., 0] + 1) * 127.5, luma, atol=1e-3)
+  grey = rng.integers(0, 256, (8, 8, 1)).astype(np.uint8)
+  out = preprocess({"image": grey}, rng, image_size=8, channels=3, random_flip=False)["image"]
+  np.testing.assert_allclose((out + 1) * 127.5, np.repeat(grey, 3, axis=-1), atol=1e-3)

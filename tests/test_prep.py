@@ -752,3 +752,12 @@ def test_outlier_filter_drops_exactly_the_planted_outliers():
       assert outs[0].value["reason"] == "outlier"
       flagged.add(ex["id"])
   assert flagged == {"o0", "o1", "o2"}
+
+
+def test_candidate_recall_is_the_simhash_band_probability():
+  """Charikar's SimHash: one hyperplane agrees with probability 1 - theta / pi, a band of b
+  bits with its b-th power, and at least one of n bands with 1 - (1 - p^b)^n: at theta = pi/3,
+  b = 2, n = 3 that is 1 - (5/9)^3 = 604/729."""
+  assert dedup.candidate_recall(np.cos(np.pi / 3), 3, 2) == pytest.approx(604 / 729, rel=1e-9)
+  assert dedup.candidate_recall(1.0, 12, 16) == 1.0
+  assert dedup.candidate_recall(-1.0, 12, 16) == 0.0

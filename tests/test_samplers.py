@@ -177,6 +177,9 @@ ORDER_CASES = [
     ("heun", "edm", (), 2, (16, 32, 64)),
     ("flow_heun", "flow", (), 2, (8, 16, 32)),
     ("dpmpp_2m", "vp", (("spacing", "logsnr"),), 2, (16, 32, 64)),
+    # Steps of unequal length in log-SNR: the multistep ratio h / h_prev matters (on the
+    # uniform log-SNR grid it is 1).
+    ("dpmpp_2m", "vp", (("spacing", "edm"),), 2, (16, 32, 64)),
     # Multistep warm-up (first- then second-order steps) bounds 3M's global order by 2 here.
     ("dpmpp_3m", "vp", (), 2, (16, 32, 64)),
     ("unipc", "vp", (), 3, (16, 32, 64)),  # UniP-2 + UniC: third order

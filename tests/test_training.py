@@ -290,3 +290,27 @@ def test_ema_after_k_steps_is_the_numpy_recursion_and_inference_reads_it(tmp_pat
   assert step == 5
   for a, b in zip(jax.tree.leaves(variables["denoiser"]["params"]), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_accumulated_gradients_equal_the_closed_form_gradient_of_the_whole_batch():
+  """value_and_grad with grad_accum=4 on a least-squares loss: the loss and the gradient are
+  those of the whole batch, 2/N X^T (X w - y) (numpy, float64), not their sum over the
+  micro-batches; per-example draws travel with their examples (micro-batch i holds examples
+  i, i + 4, ...); aux is the last micro-batch's."""
+  from diffjax.training.step import value_and_grad
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(16, 3)), rng.normal(size=16)
+  noise = rng.normal(size=16)
+  w = np.array([0.5, -1.0, 2.0])
+
+  def loss_fn(params, batch, per_example):
+    r = batch["x"] @ params - batch["y"] - per_example
+    return jnp.mean(r**2), {"first": batch["x"][0, 0]}
+
+  batch = {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
+  (loss, aux), grads = jax.jit(functools.partial(value_and_grad, loss_fn, grad_accum=4))(
+      jnp.asarray(w, jnp.float32), batch, jnp.asarray(noise, jnp.float32))
+  r = x @ w - y - noise
+  np.testing.assert_allclose(loss, np.mean(r**2), rtol=1e-5)
+  np.testing.assert_allclose(grads, 2 / 16 * x.T @ r, rtol=1e-5)
+  assert float(aux["first"]) == pytest.approx(x[3, 0])  # micro-batch 3 starts at example 3

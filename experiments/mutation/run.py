@@ -4,8 +4,9 @@ the source tree, runs the tests that should catch it there, and records caught /
 The shared working tree is never edited: the tree is copied once per run (from a commit with
 ``--rev``, or the working tree's files with ``--rev WORKTREE``), each mutation is applied to
 the copy, its tests run with ``python -m pytest -x -q`` under a timeout, and the file is
-restored. Every test selection is first run unmutated: a selection that fails or selects nothing
-without a mutation makes that mutation's result ``invalid`` instead of a false "caught".
+restored. Every test selection is first run unmutated: a selection that fails without a mutation
+makes that mutation's result ``invalid`` instead of a false "caught"; one that selects no test
+(at an older commit, before the tests were written) counts as ``missed``.
 
   # the table's two columns (about 20 + 30 minutes on 2 cores):
   python experiments/mutation/run.py --rev 0c580d3 --label before
@@ -132,6 +133,11 @@ def main() -> None:
     if key not in baseline:
       baseline[key] = run_pytest(cmd, tree, env, args.timeout)
     base, base_s, base_tail = baseline[key]
+    if base == "none":  # the selection names no test that exists at this commit
+      row.update(result="missed", detail="no test of the selection exists at this commit")
+      results.append(row)
+      print(f"  {m.id:28s} missed   (no test selected)", flush=True)
+      continue
     if base != "pass":
       row.update(result="invalid", detail=f"unmutated selection: {base}", tail=base_tail)
       results.append(row)
@@ -147,9 +153,11 @@ def main() -> None:
     if outcome == "none":  # e.g. the mutation breaks an import: collection fails
       result = "caught"
     row.update(result=result, seconds=round(seconds, 1), baseline_seconds=round(base_s, 1))
-    if result == "caught":
-      lines = [ln for ln in tail.splitlines() if ln.startswith(("FAILED", "ERROR", "E "))]
-      row["detail"] = (lines[0] if lines else tail.splitlines()[-1:] or [""])[0][:200]
+    if result == "caught":  # pytest's one-line summary of the first failure
+      lines = ([ln for ln in tail.splitlines() if ln.startswith(("FAILED", "ERROR"))] or
+               [ln for ln in tail.splitlines() if ln.startswith("E ") and ln[2:].strip()] or
+               tail.splitlines()[-1:] or [""])
+      row["detail"] = lines[0][:300]
     results.append(row)
     print(f"  {m.id:28s} {result:8s} {seconds:6.1f}s", flush=True)
   out = {"label": args.label, "rev": args.rev, "commit": commit,
