@@ -183,14 +183,10 @@ def test_variants_have_the_reference_sizes():
 
 
 def test_batch_chunks_and_latent_normalisation():
-  module = AUTOENCODERS.build("vae-tiny")
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (5, 8, 8, 1)), jnp.float32)
-  variables = module.init(jax.random.PRNGKey(0), x)
-  encode = lambda v: module.apply(variables, v, method="encode")
-  whole = jax.jit(encode)(x)
-  chunked = jax.jit(lambda v: ae.map_batches(encode, v, 2))(x)
-  for a, b in zip(whole, chunked):  # the same function (convolutions of other batch sizes)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  fn = lambda v: (jnp.tanh(v) * jnp.arange(64.0).reshape(8, 8, 1), jnp.sum(v, axis=(1, 2)))
+  for a, b in zip(fn(x), jax.jit(lambda v: ae.map_batches(fn, v, 2))(x)):  # 5 = 2 + 2 + 1
+    np.testing.assert_allclose(a, b, rtol=1e-6)
   z = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 4, 4)) * 3 + 1
   for kwargs in (dict(scaling_factor=0.3611, shift_factor=0.1159),
                  dict(scaling_factor=0.5, latents_mean=(1.0, 0.0, -1.0, 2.0),
@@ -241,8 +237,8 @@ def test_adaptive_weight_equals_full_backprop_at_the_last_layer():
   method = _ae_method(disc_weight=0.5, disc_layers=1, disc_channels=8)
   rng = jax.random.PRNGKey(0)
   x = jax.random.uniform(rng, (4, 8, 8, 1), minval=-1, maxval=1)
-  params = method.module.init(rng, x)["params"]
-  d_params = method.discriminator.init(rng, x)["params"]
+  params = jax.jit(method.module.init)(rng, x)["params"]  # jitted: eager init takes seconds
+  d_params = jax.jit(method.discriminator.init)(rng, x)["params"]
   eps = jax.random.normal(rng, (4, *method.latent_shape))
   loss = lambda p: method._loss(p, {"image": x}, eps, fixed={"discriminator": d_params},
                                 factor=1.0)
@@ -255,11 +251,13 @@ def test_adaptive_weight_equals_full_backprop_at_the_last_layer():
                                                                            y))
 
   leaf = lambda g: g["decoder"]["conv_out"]["conv"]["kernel"]
-  g_nll = leaf(jax.jit(jax.grad(lambda p: terms(p)[0]))(params))
-  g_g = leaf(jax.jit(jax.grad(lambda p: terms(p)[1]))(params))
+  g_nll, g_g = map(leaf, jax.jit(lambda p: (jax.grad(lambda q: terms(q)[0])(p),
+                                              jax.grad(lambda q: terms(q)[1])(p)))(params))
   assert float(m["d_weight"]) == pytest.approx(float(adaptive_weight(g_nll, g_g, 0.5)),
                                                rel=1e-4)
   assert float(m["d_weight"]) > 0
+  method = _ae_method(disc_weight=0.5, disc_start=2)  # the discriminator's terms from step 2
+  assert [float(method.disc_factor(jnp.asarray(s))) for s in range(4)] == [0, 0, 1, 1]
 
 
 @pytest.mark.skipif(not TORCHSCRIPT.exists(), reason=f"shared assets not found at {ASSETS}")

@@ -63,7 +63,8 @@ def _losses(spec, devices: int, steps: int):
 def tiny_ae_weights(tmp_path_factory):
   """A randomly initialised vae-tiny saved as a diffjax autoencoder file."""
   module = AUTOENCODERS.build("vae-tiny")
-  params = module.init(jax.random.PRNGKey(3), np.zeros((1, 8, 8, 1), np.float32))["params"]
+  params = jax.jit(module.init)(jax.random.PRNGKey(3), np.zeros((1, 8, 8, 1), np.float32))[
+      "params"]
   path = tmp_path_factory.mktemp("ae") / "vae_tiny.npz"
   vae_weights.save_npz(path, jax.device_get(params), module)
   return path
@@ -71,26 +72,21 @@ def tiny_ae_weights(tmp_path_factory):
 
 def test_autoencoder_and_latent_dit_fsdp_on_8_devices_match_one_device(tiny_ae_weights):
   """Same losses (to float rounding) with parameters split 8 ways as on one device: the
-  autoencoder with its discriminator switching on at step 2, and a DiT on the latents of a
-  frozen autoencoder (also split) encoded in the update."""
-  ae_spec = build_spec(_config("autoencoder_fmnist", "tiny", **{
-      "method.disc_weight": 0.5, "method.disc_start": 2, "method.disc_channels": 8,
-      "method.disc_layers": 1, "data.batch_size": 16}), num_devices=8)
+  autoencoder, and a DiT on the latents of a frozen autoencoder (also split) encoded in the
+  update."""
+  ae_spec = build_spec(_config("autoencoder_fmnist", "tiny"), num_devices=8)
   ldm_spec = build_spec(_config("latent_fmnist", "pixel_tiny", **{
       "latent.autoencoder": "vae-tiny", "latent.weights": str(tiny_ae_weights),
       "model.kwargs": {"class_dropout": 0.1, "patch_size": 1}}), num_devices=8)
   assert "autoencoder" in ldm_spec.method.networks
-  for spec, keys in ((ae_spec, ("loss", "d_loss", "rec", "kl")), (ldm_spec, ("loss",))):
-    one, _ = _losses(spec, 1, 4)
-    eight, split = _losses(spec, 8, 4)
+  for spec, keys in ((ae_spec, ("loss", "rec", "kl")), (ldm_spec, ("loss",))):
+    one, _ = _losses(spec, 1, 3)
+    eight, split = _losses(spec, 8, 3)
     assert split  # some parameters really are split over the fsdp axis
     for key in keys:
       np.testing.assert_allclose([m[key] for m in eight], [m[key] for m in one], rtol=2e-4,
                                  atol=1e-6)
     assert one[-1]["loss"] < one[0]["loss"]
-    if spec is ae_spec:  # the discriminator's terms switch on at step 2
-      assert [float(m["disc_factor"]) for m in one] == [0, 0, 1, 1]
-      assert float(one[1]["d_loss"]) == 0 and float(one[2]["d_loss"]) > 0
 
 
 def _encode_in_process(tmp, weights, **encode):
@@ -124,8 +120,9 @@ def test_latent_dataset_manifest_checks_and_source(tiny_ae_weights, tmp_path):
   module = AUTOENCODERS.build("vae-tiny")
   params, _ = vae_weights.load_npz(tiny_ae_weights, module)
   x = _digits(6)["image"][5:6]
+  encode = jax.jit(lambda v: module.apply({"params": params}, v, method="encode"))
   for copy, image in ((0, x), (1, x[:, :, ::-1])):
-    m, lv = module.apply({"params": params}, image, method="encode")
+    m, lv = encode(image)
     np.testing.assert_allclose(np.split(ex["image"][copy], 2, -1)[0], m[0], atol=2e-3)
     np.testing.assert_allclose(np.split(ex["image"][copy], 2, -1)[1], lv[0], atol=1e-2)
   # random_flip picks either copy, otherwise the first.
@@ -157,7 +154,7 @@ def test_latent_dataset_manifest_checks_and_source(tiny_ae_weights, tmp_path):
                              manifest["splits"]["train"]["channel_mean"])
   other = AUTOENCODERS.build("vae-tiny")
   other_path = tmp_path / "other.npz"
-  vae_weights.save_npz(other_path, jax.device_get(other.init(
+  vae_weights.save_npz(other_path, jax.device_get(jax.jit(other.init)(
       jax.random.PRNGKey(9), np.zeros((1, 8, 8, 1), np.float32))["params"]), other)
   cases = {
       "latent.weights": ({"latent.weights": str(other_path)}, "were encoded by autoencoder "

@@ -28,9 +28,12 @@ import argparse
 import json
 import pathlib
 import platform
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # diffjax, as a script
 
 
 def _timed(fn, repeats: int, sync) -> float:
@@ -252,8 +255,12 @@ def main():
         r["mfu"] = r["model_tflops_per_s"] / a.peak_tflops
       results[name] = r
       print(f"{name}: {r}", flush=True)
-  if a.out:
-    out = pathlib.Path(a.out)
+  write(results, a.out)
+
+
+def write(results: dict, out: str) -> None:
+  if out:
+    out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     out.with_suffix(".md").write_text(markdown(results))
@@ -287,7 +294,11 @@ def markdown(r: dict) -> str:
         lines.append(f"| {'diffjax' if name == 'dit_jax' else 'diffusers'} | "
                      f"{v['parameters'] / 1e6:.1f}M | {v['seconds_per_step']:.3g} | "
                      f"{v['images_per_s']:.3g} | {v['model_tflops_per_s']:.3g} | "
-                     f"{v.get('mfu', float('nan')):.3g} |")
+                     f"{format(v['mfu'], '.3g') if 'mfu' in v else 'n/a'} |")
+    if "dit_torch" in r:
+      lines.append("\ndiffusers' DiTTransformer2DModel gives every block its own timestep and "
+                   "label embedding (hence more parameters than the paper's DiT); its FLOPs "
+                   "per step are those of the same blocks.")
     if r["dit_jax"].get("xla_flops"):
       lines.append(f"\nXLA counts {r['dit_jax']['xla_flops'] / 1e12:.3g} TFLOP in the compiled "
                    f"step (recomputation included).")
