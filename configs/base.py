@@ -65,8 +65,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.diffusion.t_sampler_kwargs = ml_collections.ConfigDict()
   # Learned variances (Nichol & Dhariwal 2021; ADM, DiT): the network outputs twice the data
   # channels (model.kwargs.out_channels), trained with L_simple + vlb_weight * N * L_vlb term;
-  # sample with --config.sample.options.variance=learned. Needs a discrete chain (linear,
-  # cosine_discrete) and the uniform t_sampler.
+  # the ddpm sampler then uses them (unless sample.options.variance names a fixed one). Needs a
+  # discrete chain (linear, cosine_discrete) and the uniform t_sampler.
   c.diffusion.learn_sigma = False
   c.diffusion.vlb_weight = 0.001
 

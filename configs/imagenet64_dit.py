@@ -3,7 +3,9 @@
 DiT's recipe (Peebles & Xie 2023) applied to pixels: linear betas over 1000 steps,
 eps-prediction, AdamW 1e-4 without weight decay, batch 256, EMA 0.9999, label dropout 0.1 for
 classifier-free guidance, random flips, bfloat16 compute; sampling with 250 DDPM steps and
-guidance 1.5. (DiT also learns the variance; diffjax's formulations do not.)
+guidance 1.5. (DiT also learns the variances: diffusion.learn_sigma=True with
+model.kwargs.out_channels=6, as configs/latent_imagenet256_dit.py does; this pixel-space recipe
+keeps the fixed ones.)
 
 TFDS needs the ImageNet archives prepared once (manual download):
   tfds build imagenet_resized/64x64 --file_format=array_record

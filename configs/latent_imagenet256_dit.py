@@ -4,9 +4,11 @@ DiT-XL/2 by default, DiT-B/2 with ``:B``.
 The paper's recipe: sd-vae-ft-ema latents (4x32x32, scaling 0.18215), horizontal flips as the
 only augmentation, linear betas over 1000 steps with eps-prediction, AdamW at a constant 1e-4
 without weight decay, warm-up or clipping, batch 256, EMA 0.9999, label dropout 0.1;
-sampling with 250 DDPM steps and classifier-free guidance 1.5. (DiT also learns the variance
-with the hybrid loss; diffjax's formulations do not.) bfloat16 compute for the DiT; the VAE
-decodes in float32, 64 images at a time.
+sampling with 250 DDPM steps and classifier-free guidance 1.5. Like DiT, the network learns the
+variances too (8 output channels, Nichol & Dhariwal's hybrid loss with lambda 0.001) and samples
+with them on guided-diffusion's respacing of the chain. bfloat16 compute for the DiT; the VAE
+decodes in float32, 64 images at a time. (configs/repro_dit_xl2_256.py samples and scores the
+published DiT-XL/2 checkpoint.)
 
 Once: the VAE's weights (``diffusion_pytorch_model.safetensors`` of stabilityai/sd-vae-ft-ema,
 in the diffusers layout) under weights/sd-vae-ft-ema/, ImageNet prepared for TFDS
@@ -56,10 +58,13 @@ def get_config(arg=None):
   c.model.dtype = "bfloat16"
   c.model.conditional = True
   c.model.kwargs.class_dropout = 0.1
+  c.model.kwargs.out_channels = 8  # eps and the learned variances of the 4 latent channels
 
   c.diffusion.schedule = "linear"
   c.diffusion.parameterization = "eps"
   c.diffusion.weighting = "simple"
+  c.diffusion.learn_sigma = True
+  c.diffusion.parameterization_kwargs.noise_input = "step_index"  # the release's input
 
   c.optim.name = "adamw"
   c.optim.lr = 1e-4
@@ -73,6 +78,7 @@ def get_config(arg=None):
 
   c.sample.sampler = "ddpm"
   c.sample.num_steps = 250
+  c.sample.spacing = "respaced"
   c.sample.guidance_scale = 1.5
   c.sample.num_images = 64
   c.sample.every_steps = 20_000

@@ -147,3 +147,19 @@ def test_unet_takes_augmentation_labels_and_none_means_zeros():
     model.apply({"params": params}, x, t, augment_labels=jnp.zeros((2, 4)))
   plain = get_model("unet-tiny")
   assert "augment" not in plain.init(jax.random.PRNGKey(0), x, t)["params"]["noise_embed"]
+
+
+def test_training_with_augmentation_feeds_the_labels_to_the_network(tmp_path):
+  """Through the train job: the pipeline's labels travel with the batch to the UNet (a network
+  without augment_dim is refused before any compute)."""
+  from diffjax.experiment import build_spec
+  from diffjax.fields import ConfigError
+  from diffjax.jobs.train import train
+  from launch_util import tiny_config
+  config = tiny_config(**{"train.num_steps": 2, "checkpoint.every_steps": 2})
+  config.data.augment.p = 0.5
+  with pytest.raises(ConfigError, match="config.model.kwargs.augment_dim: EDM's augmentation"):
+    build_spec(config, num_devices=8)
+  config.model.kwargs.augment_dim = 9
+  summary = train(config, str(tmp_path / "run"))
+  assert summary["step"] == 2 and np.isfinite(summary["metrics"]["loss"])

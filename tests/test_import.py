@@ -143,11 +143,7 @@ def test_published_ddpm_layouts_match_the_full_size_diffusers_tables():
   assert sum(int(np.prod(s)) for s in table.values()) == 35_746_307
 
 
-def _table(fmt, module, x_shape):
-  shapes = importers.abstract_params(module, x_shape)
-  plan = importers._plan(fmt, module, shapes, x_shape, {})  # pylint: disable=protected-access
-  table = {name: importers.torch_shape(shapes[p], kind) for p, (name, kind) in plan.direct.items()}
-  return {**table, **plan.extra}
+_table = importers.published_table
 
 
 # --- DiT: diffusers and the release -------------------------------------------------------------

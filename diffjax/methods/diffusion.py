@@ -100,11 +100,9 @@ class SamplerSpec:
   guide_step: int = -1
   clip_denoised: bool = False  # clip x0_hat to [-1, 1] at every step (DDPM, ADM pixels)
   guidance_channels: int = 0  # guide only the first k output channels (0: all; DiT: 3)
-
-  @property
-  def learned_variance(self) -> bool:
-    """Ancestral sampling with the network's learned variances (``options.variance``)."""
-    return self.sampler == "ddpm" and dict(self.options).get("variance") == "learned"
+  # Ancestral sampling with the network's learned variances: ddpm with options.variance
+  # "learned", or without a variance option when the network learns them (set by the method).
+  learned_variance: bool = False
 
   @property
   def guided(self) -> bool:
@@ -292,6 +290,9 @@ class DiffusionMethod(Method):
     diffusion_spec = DiffusionSpec.from_config(config.diffusion, ck)
     sampler = SamplerSpec.from_config(config.sample, ck, conditional=model.conditional)
     optim = OptimSpec.from_config(config.optim, ck, total_steps=ctx.train.num_steps)
+    variance = dict(sampler.options).get("variance")
+    sampler = dataclasses.replace(sampler, learned_variance=sampler.sampler == "ddpm" and (
+        variance == "learned" or (diffusion_spec.learn_sigma and variance is None)))
     from diffjax.methods.autoencoder import LatentAutoencoder  # registered after diffusion
     latent = LatentAutoencoder.from_config(config, ck, ctx)
     if ck.errors:

@@ -406,6 +406,16 @@ def _dit_release_plan(module: DiT, shapes: dict, x_shape) -> _Plan:
   return plan
 
 
+def published_table(fmt: str, module: nn.Module,
+                    x_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+  """``{tensor name: PyTorch shape}`` that a checkpoint of format ``fmt`` holds for ``module``
+  (what `convert` expects; computed without building any parameter)."""
+  shapes = abstract_params(module, tuple(x_shape))
+  plan = _plan(fmt, module, shapes, x_shape, {})
+  table = {name: torch_shape(shapes[p], kind) for p, (name, kind) in plan.direct.items()}
+  return {**table, **plan.extra}
+
+
 # --- import -------------------------------------------------------------------------------------
 def _canonical_diffusers(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   out = {}
