@@ -213,3 +213,43 @@ def test_discrete_cosine_chain_and_step_index_input():
     diffusion.get_schedule("cosine_discrete", beta_start=0.001)
   with pytest.raises(ValueError, match="discrete chain"):
     lv.check_schedule(diffusion.get_schedule("cosine"), EPS)
+
+
+def test_the_diffusion_method_trains_and_samples_with_learned_variances():
+  """diffusion.learn_sigma through the method: the hybrid loss with its two terms, sampling with
+  the learned variances (ddpm, respaced, guided on some channels), the config checks."""
+  from diffjax.experiment import build_spec
+  from diffjax.fields import ConfigError
+  from launch_util import tiny_config
+  config = tiny_config(**{"diffusion.schedule": "linear", "diffusion.learn_sigma": True,
+                          "sample.sampler": "ddpm", "sample.num_steps": 5,
+                          "sample.guidance_scale": 2.0, "sample.guidance_channels": 1})
+  config.data.channels = 3
+  with pytest.raises(ConfigError, match="config.model.kwargs.out_channels: the network outputs "
+                     "3 channels for 3-channel data; diffusion.learn_sigma=True needs 6"):
+    build_spec(config, num_devices=8)
+  config.model.kwargs.out_channels = 6
+  method = build_spec(config, num_devices=8).method
+  assert method.sampler.learned_variance and method.evaluations_per_image() == 5
+  assert method.sampling_tag() == "ddpm5_cfg2_learnedvar"
+  variables = method.networks["denoiser"].init(jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda p: p + 0.01, variables["params"])  # zero-initialised output
+  batch = {"image": jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3), minval=-1,
+                                       maxval=1), "label": jnp.arange(4) % 10}
+  loss, aux = method.loss(params, batch, None, rng=jax.random.PRNGKey(2))
+  np.testing.assert_allclose(np.mean(aux["per_example"]), loss, rtol=1e-6)
+  assert float(aux["vlb"]) > 0 and float(aux["mse"]) > 0
+  np.testing.assert_allclose(loss, aux["mse"] + aux["vlb"], rtol=1e-5)  # 0.001 x 1000
+  x = method.generate({"denoiser": {"params": params}}, jax.random.PRNGKey(3), jnp.arange(4))
+  assert x.shape == (4, 8, 8, 3) and bool(jnp.all(jnp.isfinite(x)))
+  fixed = tiny_config(**{"diffusion.schedule": "linear", "sample.sampler": "ddpm",
+                         "sample.guidance_channels": 1})
+  fixed.sample.options.variance = "learned"
+  with pytest.raises(ConfigError) as err:
+    build_spec(fixed, num_devices=8)
+  assert "config.sample.options.variance: 'learned' samples with the network's learned" in \
+      str(err.value)
+  fixed.sample.options.variance = "small"
+  with pytest.raises(ConfigError, match="config.sample.guidance_channels: is implemented for "
+                     "learned-variance sampling"):
+    build_spec(fixed, num_devices=8)

@@ -208,7 +208,8 @@ def test_init_checkpoint_for_inference_and_fine_tuning(tmp_path):
 @needs_inception
 def test_harness_end_to_end_on_a_random_weight_twin(tmp_path):
   """experiments/repro/run.py on the DDPM recipe's twin: import, the paper's sampler, FID against
-  an EDM-format reference over two seed sets, the results file; the same reference with another
+  a published reference (guided-diffusion's batch layout, whose images give KID and
+  precision/recall) over two seed sets, the results file; an EDM-format reference with another
   Inception protocol is refused before any sampling."""
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")
@@ -225,6 +226,9 @@ def test_harness_end_to_end_on_a_random_weight_twin(tmp_path):
   rng = np.random.default_rng(0)
   a = rng.normal(size=(2048, 32))
   np.savez(tmp_path / "cifar10-32x32.npz", mu=rng.normal(size=2048) * 0.1, sigma=a @ a.T / 32)
+  # The same statistics as a guided-diffusion batch: its images give KID and precision/recall.
+  np.savez(tmp_path / "VIRTUAL_cifar10.npz", mu=rng.normal(size=2048) * 0.1, sigma=a @ a.T / 32,
+           arr_0=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
   inception = f"--config.eval.inception_source={INCEPTION}"
   w = tmp_path / "run"
   # The reference of another protocol: refused when the evaluator is built, before sampling.
@@ -239,10 +243,10 @@ def test_harness_end_to_end_on_a_random_weight_twin(tmp_path):
     Evaluator(spec.data, spec.eval, w, make_mesh(spec))
   out = subprocess.run(
       [sys.executable, "experiments/repro/run.py", "--paper", "ddpm_cifar10", "--twin",
-       "--checkpoint", str(ckpt), "--reference", str(tmp_path / "cifar10-32x32.npz"),
+       "--checkpoint", str(ckpt), "--reference", str(tmp_path / "VIRTUAL_cifar10.npz"),
        "--num_samples", "4", "--seeds", "2", "--workdir", str(w), "--out",
        str(tmp_path / "results"), "--", inception, "--config.eval.batch_size=4",
-       "--split_cpu=false"],
+       "--config.eval.ref_format=adm", "--config.eval.sample_uint8=floor", "--split_cpu=false"],
       cwd=ROOT, env=subprocess_env(XLA_FLAGS=""), capture_output=True, text=True,
       timeout=600)  # one CPU device (--split_cpu=false): the least to compile
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
@@ -253,6 +257,9 @@ def test_harness_end_to_end_on_a_random_weight_twin(tmp_path):
   assert len(m["per_seed"]) == 2 and m["min"] <= m["mean"] <= m["max"] and m["mean"] > 0
   assert record["checkpoint"]["sha256"] == __import__("hashlib").sha256(
       ckpt.read_bytes()).hexdigest()
-  assert record["reference"]["fingerprint"]["published"] == "edm"
-  assert record["sampler"]["clip_denoised"] and record["sample_uint8"] == "round"
+  fingerprint = record["reference"]["fingerprint"]
+  assert (fingerprint["published"], fingerprint["image_size"], fingerprint["num_images"]) == (
+      "adm", 32, 4)
+  assert record["sampler"]["clip_denoised"] and record["sample_uint8"] == "floor"
+  assert {"kid", "precision", "recall"} <= set(record["other_metrics"])
   assert (tmp_path / "results" / "results_twin_n4x2.md").read_text().count("pipeline check") == 1

@@ -252,8 +252,7 @@ def _check_learned_variance(method: "DiffusionMethod", ck: FieldChecker,
   t = jax.ShapeDtypeStruct((1,), jnp.float32)
   y = jax.ShapeDtypeStruct((1,), jnp.int32) if method.conditional else None
   try:
-    out = jax.eval_shape(lambda k: method.module.init_with_output(k, x, t, y)[0],
-                         jax.random.PRNGKey(0))
+    out = jax.eval_shape(method.module.init_with_output, jax.random.PRNGKey(0), x, t, y)[0]
   except Exception:  # pylint: disable=broad-except  (reported by _check_network)
     return
   c = method.x_shape[-1]
@@ -419,7 +418,8 @@ class DiffusionMethod(Method):
             "guidance_interval": s.guidance_interval, "guidance_rescale": s.guidance_rescale,
             "autoguidance": ({"workdir": s.guide_workdir, "step": s.guide_step}
                              if s.guide_workdir else None),
-            "clip_denoised": s.clip_denoised, "guidance_channels": s.guidance_channels}
+            "clip_denoised": s.clip_denoised, "guidance_channels": s.guidance_channels,
+            "learned_variance": s.learned_variance}
 
   def evaluations_per_image(self) -> int | None:
     """Denoiser evaluations per image (classifier-free guidance runs each on a doubled
