@@ -286,5 +286,19 @@ def test_perceptual_net_file_of_the_fid_inceptions_first_layers(tmp_path):
   np.testing.assert_allclose(perceptual_distance(taps, taps), 0.0, atol=1e-6)
   taps_y = jax.jit(lambda v: module.apply({"params": params}, v))(y)
   assert np.all(np.asarray(perceptual_distance(taps, taps_y)) > 0)
-  method = _ae_method(perceptual_weight=1.0, perceptual_net=str(path))
+  # The autoencoder method's loss through the file (resized to 32x32: the stem needs > 8x8).
+  small = vae_weights.save_feature_net(tmp_path / "stem32.npz", ops, arrays, in_channels=3,
+                                       input_size=32)
+  method = _ae_method(perceptual_weight=1.0, perceptual_net=str(small))
   assert "perceptual" in method.networks and method.networks["perceptual"].optimizer is None
+  _, p_params, _ = vae_weights.load_feature_net(small)
+  images = jax.random.uniform(jax.random.PRNGKey(2), (2, 8, 8, 1), minval=-1, maxval=1)
+  params = jax.jit(method.module.init)(jax.random.PRNGKey(0), images)["params"]
+  eps = jnp.zeros((2, *method.latent_shape))
+  loss = lambda p: method._loss(p, {"image": images}, eps, fixed={"perceptual": p_params},
+                                factor=0.0)
+  (value, (m, _)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  assert float(m["perceptual"]) > 0
+  assert float(value) == pytest.approx(float(m["rec"] + m["perceptual"] + 1e-6 * m["kl"]),
+                                       rel=1e-5)
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
