@@ -158,6 +158,7 @@ def test_training_with_augmentation_feeds_the_labels_to_the_network(tmp_path):
   from launch_util import tiny_config
   config = tiny_config(**{"train.num_steps": 2, "checkpoint.every_steps": 2})
   config.data.augment.p = 0.5
+  config.model.name = "unet-tiny"  # the smallest UNet: the subject is the labels' path
   with pytest.raises(ConfigError, match="config.model.kwargs.augment_dim: EDM's augmentation"):
     build_spec(config, num_devices=8)
   config.model.kwargs.augment_dim = 9

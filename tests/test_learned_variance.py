@@ -225,6 +225,7 @@ def test_the_diffusion_method_trains_and_samples_with_learned_variances():
                           "sample.sampler": "ddpm", "sample.num_steps": 5,
                           "sample.guidance_scale": 2.0, "sample.guidance_channels": 1})
   config.data.channels = 3
+  config.model.name = "unet-tiny"  # the smallest UNet: this test is about the method
   with pytest.raises(ConfigError, match="config.model.kwargs.out_channels: the network outputs "
                      "3 channels for 3-channel data; diffusion.learn_sigma=True needs 6"):
     build_spec(config, num_devices=8)
