@@ -332,3 +332,34 @@ def test_unet_block_lean_residuals_same_gradients_no_float32_copies(scale_shift_
   float32_maps = lambda rs: [s for s, dt in maps(rs) if dt == jnp.float32]
   assert len(float32_maps(kept(False))) >= 4 and not float32_maps(kept(True))
   assert _nbytes(maps(kept(True))) < 0.6 * _nbytes(maps(kept(False)))
+
+
+def _primitives(jaxpr, out):
+  """``(primitive name, input dtypes)`` of every equation, nested jaxprs (jit, remat,
+  custom_vjp, scan, cond) included."""
+  for eqn in jaxpr.eqns:
+    for value in eqn.params.values():
+      for v in (value if isinstance(value, (tuple, list)) else (value,)):
+        inner = getattr(v, "jaxpr", v)
+        if hasattr(inner, "eqns"):
+          _primitives(inner, out)
+    out.add((eqn.primitive.name,
+             tuple(str(x.aval.dtype) for x in eqn.invars if hasattr(x, "aval"))))
+  return out
+
+
+@pytest.mark.parametrize("name", ["DiT-tiny", "unet-tiny"])
+def test_bfloat16_compute_keeps_norms_and_softmax_in_float32(name):
+  """Mixed precision as the README says: with ``dtype=bfloat16`` every matmul runs in
+  bfloat16, while every reduction (normalisation statistics, softmax max and sum), exp and
+  rsqrt runs in float32."""
+  model = models.get_model(name, dtype=jnp.bfloat16, num_classes=10)
+  x, t, y = jnp.ones((2, 8, 8, 3)), jnp.ones(2), jnp.zeros(2, jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, y))
+  prims = _primitives(jax.make_jaxpr(lambda v: model.apply(v, x, t, y))(variables).jaxpr, set())
+  dots = {dtypes for p, dtypes in prims if p == "dot_general"}
+  assert dots == {("bfloat16", "bfloat16")}, dots
+  reductions = {(p, dtypes) for p, dtypes in prims
+                if p in ("reduce_sum", "reduce_max", "exp", "rsqrt")}
+  assert {p for p, _ in reductions} >= {"reduce_sum", "reduce_max", "exp", "rsqrt"}
+  assert all(set(dtypes) == {"float32"} for _, dtypes in reductions), reductions

@@ -305,3 +305,15 @@ MUTATIONS = [
     _m("exact_group_keeps_last", DEDUP, "return members[0], members[1:]",
        "return members[-1], members[:-1]", DEDUP_TESTS, "exact duplicates keep the last-ranked"),
 ]
+
+LAYERS = "diffjax/models/layers.py"
+BF16 = (("tests/test_models.py",), "bfloat16 or norms_and_softmax or group_norm")
+MUTATIONS += [
+    # --- models/layers.py: float32 statistics under bfloat16 compute --------------------------
+    _m("group_norm_in_bf16", LAYERS, "  x32 = x.astype(jnp.float32)\n  spatial =",
+       "  x32 = x\n  spatial =", BF16, "group norm statistics in the compute dtype"),
+    _m("layer_norm_in_bf16", LAYERS,
+       "  x32 = x.astype(jnp.float32)\n  mean = jnp.mean(x32, axis=-1, keepdims=True)",
+       "  x32 = x\n  mean = jnp.mean(x32, axis=-1, keepdims=True)", BF16,
+       "DiT's layer norm statistics in the compute dtype"),
+]

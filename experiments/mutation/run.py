@@ -100,6 +100,9 @@ def main() -> None:
   p.add_argument("--only", default="", help="comma-separated mutation ids")
   p.add_argument("--timeout", type=float, default=300.0, help="seconds per pytest run")
   p.add_argument("--keep", action="store_true", help="keep the copied tree")
+  p.add_argument("--merge", action="store_true",
+                 help="with --only: replace those rows of an existing results_<label>.json of the "
+                      "same commit instead of writing a new file")
   args = p.parse_args()
   chosen = [m for m in MUTATIONS if not args.only or m.id in args.only.split(",")]
   if not chosen:
@@ -160,13 +163,30 @@ def main() -> None:
       row["detail"] = lines[0][:300]
     results.append(row)
     print(f"  {m.id:28s} {result:8s} {seconds:6.1f}s", flush=True)
+  path = HERE / f"results_{args.label}.json"
+  elapsed = round(time.time() - started)
+  if args.merge and path.exists():
+    old = json.loads(path.read_text())
+    if old["commit"] != commit:
+      raise SystemExit(f"--merge: {path} is of commit {old['commit']}, this run of {commit}")
+    rows = {r["id"]: r for r in old["results"]}
+    rows.update({r["id"]: r for r in results})
+    results = [rows[m.id] for m in MUTATIONS if m.id in rows]
+    elapsed += old["seconds"]
+    only = sorted(set(old.get("merged", [])) | set(args.only.split(",")))
+  else:
+    only = []
   out = {"label": args.label, "rev": args.rev, "commit": commit,
          "date": datetime.datetime.now().isoformat(timespec="seconds"),
-         "seconds": round(time.time() - started), "command": " ".join(
+         "seconds": elapsed, "command": " ".join(
              ["python experiments/mutation/run.py", f"--rev {args.rev}",
-              f"--label {args.label}"] + ([f"--only {args.only}"] if args.only else [])),
+              f"--label {args.label}"] + ([f"--only {args.only}"] if args.only and not only
+                                          else [])),
          "results": results}
-  (HERE / f"results_{args.label}.json").write_text(json.dumps(out, indent=1) + "\n")
+  if only:  # the mutations added by later --merge runs (same commit, same selections)
+    out["merged"] = only
+    out["command"] += f" (then --only {','.join(only)} --merge)"
+  path.write_text(json.dumps(out, indent=1) + "\n")
   write_table()
   if not args.keep:
     shutil.rmtree(work, ignore_errors=True)
