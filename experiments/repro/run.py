@@ -3,7 +3,8 @@ score against the paper's reference statistics with its protocol, and write a re
 comparing with the paper's number.
 
   python experiments/repro/run.py --paper ddpm_cifar10 --checkpoint CKPT --reference REF \\
-      [--vae VAE] [--workdir DIR] [--num_samples N] [--seeds S] [--twin] [-- --config.x=y ...]
+      [--vae VAE] [--workdir DIR] [--num_samples N] [--seeds S] [--twin [--make_twin DIR]]
+      [-- --config.x=y ...]
 
 ``experiments/repro/<paper>/paper.json`` names the config, the paper's value, the tolerance
 and the files. The eval job runs through launch.py as a user would run it
@@ -11,8 +12,10 @@ and the files. The eval job runs through launch.py as a user would run it
 ``reproduced`` when the mean over seed sets lies within the tolerance of the paper's value with
 the paper's sample count, ``not reproduced`` otherwise, ``not comparable`` with fewer samples,
 and ``pipeline check`` for ``--twin`` (a random-weight network of the same layout, the config's
-``:twin`` variant: the whole path on a CPU, no comparison). Results: ``results_<tag>.json``
-and ``.md`` in ``--out`` (default: the paper's folder).
+``:twin`` variant: the whole path on a CPU, no comparison; ``--make_twin DIR`` writes a
+random-weight checkpoint with the published tensor names and a random reference in the paper's
+formats). Results: ``results_<tag>.json`` and ``.md`` in ``--out`` (default: the paper's
+folder).
 """
 
 from __future__ import annotations
@@ -30,6 +33,42 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from diffjax.models.weight_files import sha256_file  # noqa: E402  (numpy only)
+
+
+def make_twin(paper: dict, folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """A random-weight checkpoint of the config's ``:twin`` network written with the published
+  tensor names of ``paper``'s format, and a random reference in the paper's reference format
+  (2048-d statistics; guided-diffusion batches also get four images), for a CPU check of the
+  whole path."""
+  import importlib
+
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  from diffjax.experiment import build_spec
+  from diffjax.models import importers
+  from diffjax.models.layers import sincos_2d_position_embedding
+  config = importlib.import_module(paper["config"][:-3].replace("/", ".")).get_config("twin")
+  spec = build_spec(config, num_devices=1, check_network=False)
+  module, x_shape = spec.method.module, spec.method.x_shape
+  fmt = config.init.format
+  rng = np.random.default_rng(0)
+  tensors = {k: (0.05 * rng.standard_normal(v)).astype(np.float32)
+             for k, v in importers.published_table(fmt, module, x_shape).items()}
+  if "pos_embed" in tensors:  # the DiT release's fixed table
+    grid = (x_shape[0] // module.patch_size, x_shape[1] // module.patch_size)
+    tensors["pos_embed"] = sincos_2d_position_embedding(*grid, module.hidden_size)[None]
+  folder.mkdir(parents=True, exist_ok=True)
+  checkpoint = folder / f"twin_{fmt}.safetensors"
+  save_file(tensors, str(checkpoint))
+  a = rng.standard_normal((2048, 32))
+  arrays = {"mu": 0.1 * rng.standard_normal(2048), "sigma": a @ a.T / 32}
+  if config.eval.ref_format == "adm":
+    arrays["arr_0"] = rng.integers(0, 256, (4, spec.data.image_size, spec.data.image_size, 3),
+                                   dtype=np.uint8)
+  reference = folder / f"twin_reference_{config.eval.ref_format}.npz"
+  np.savez(reference, **arrays)
+  return checkpoint, reference
 
 
 def verdict(paper: dict, result: dict, twin: bool) -> str:
@@ -71,8 +110,11 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--paper", required=True,
                       help="a folder of experiments/repro holding paper.json")
-  parser.add_argument("--checkpoint", required=True, help="the published checkpoint file")
-  parser.add_argument("--reference", required=True, help="the paper's reference statistics")
+  parser.add_argument("--checkpoint", default="", help="the published checkpoint file")
+  parser.add_argument("--reference", default="", help="the paper's reference statistics")
+  parser.add_argument("--make_twin", default="",
+                      help="with --twin: write a random-weight checkpoint and reference of the "
+                           "paper's formats into this folder and use them")
   parser.add_argument("--vae", default="", help="autoencoder weights (latent models)")
   parser.add_argument("--workdir", default="", help="run folder (default runs/repro_<paper>)")
   parser.add_argument("--num_samples", type=int, default=0, help="per seed set (default: paper)")
@@ -88,6 +130,12 @@ def main(argv=None) -> int:
     choices = sorted(p.parent.name for p in (ROOT / "experiments" / "repro").glob("*/paper.json"))
     parser.error(f"no paper {args.paper!r}; choose one of {', '.join(choices)}")
   paper = json.loads((folder / "paper.json").read_text())
+  if args.make_twin:
+    if not args.twin:
+      parser.error("--make_twin writes files for the :twin config: add --twin")
+    args.checkpoint, args.reference = map(str, make_twin(paper, pathlib.Path(args.make_twin)))
+  if not args.checkpoint or not args.reference:
+    parser.error("--checkpoint and --reference are required (or --twin --make_twin DIR)")
   workdir = pathlib.Path(args.workdir or ROOT / "runs" / f"repro_{args.paper}")
   num_samples = args.num_samples or paper["num_samples"]
   seeds = args.seeds or paper["seeds"]
