@@ -176,8 +176,9 @@ def test_checkpoint_restores_onto_a_different_device_count(tmp_path):
 
 
 def test_missing_dependency_is_named(tmp_path):
-  wrapper = ["-c", "import sys; sys.modules['tensorflow_datasets'] = None; import runpy; "
-             "runpy.run_path('launch.py', run_name='__main__')"]
+  # `python -c CODE launch.py ARGS` puts '-c' in argv[0]; pop it so launch.py sees its own argv.
+  wrapper = ["-c", "import sys; sys.modules['tensorflow_datasets'] = None; sys.argv.pop(0); "
+             "import runpy; runpy.run_path('launch.py', run_name='__main__')"]
   args = SCENARIO.base_args(tmp_path / "run", steps=2,
                             extra=["--config.data.source=tfds", "--config.data.name=mnist"])
   result = launch(*args, check=False, prefix=wrapper)

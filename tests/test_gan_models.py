@@ -163,7 +163,8 @@ def _upfirdn2d_torch(input, kernel, up=1, down=1, pad=(0, 0)):
 def stylegan2_torch():
   """The ``stylegan2-torch`` package with its two compiled ops replaced by plain PyTorch: the
   package compiles CUDA kernels on import, which this CPU-only machine cannot."""
-  pytest.importorskip("torch_conv_gradfix", reason="pip install torch-conv-gradfix==0.1.0")
+  pytest.importorskip("torch_conv_gradfix",
+                      reason="torch-conv-gradfix (requirements-test-nodeps.txt) not installed")
   up = types.ModuleType("stylegan2_torch.op.upfirdn2d")
   up.upfirdn2d = _upfirdn2d_torch
   act = types.ModuleType("stylegan2_torch.op.fused_act")
@@ -186,7 +187,8 @@ def stylegan2_torch():
   saved = {k: sys.modules.get(k) for k in (up.__name__, act.__name__)}
   sys.modules[up.__name__], sys.modules[act.__name__] = up, act
   try:
-    yield pytest.importorskip("stylegan2_torch", reason="pip install stylegan2-torch==1.3.0")
+    yield pytest.importorskip(
+        "stylegan2_torch", reason="stylegan2-torch (requirements-test-nodeps.txt) not installed")
   finally:
     for k, v in saved.items():
       if v is None:

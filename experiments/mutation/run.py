@@ -37,7 +37,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from mutations import MUTATIONS, Mutation  # noqa: E402
 
-RESULT_ORDER = ("caught", "missed", "timeout", "invalid", "not applicable")
+RESULT_ORDER = ("caught", "missed", "timeout", "crash", "invalid", "not applicable")
 
 
 def copy_tree(rev: str, dest: pathlib.Path) -> str:
@@ -91,6 +91,11 @@ def run_pytest(cmd: list[str], cwd: pathlib.Path, env: dict, timeout: float):
   else:
     outcome = "fail"
   return outcome, time.time() - start, tail
+
+
+def failure_lines(tail: str) -> list[str]:
+  """pytest's summary lines of failed or erroring tests (none when the process crashed)."""
+  return [ln for ln in tail.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
 
 
 def main() -> None:
@@ -149,18 +154,21 @@ def main() -> None:
     path.write_text(source.replace(m.original, m.replacement))
     try:
       outcome, seconds, tail = run_pytest(cmd, tree, env, args.timeout)
+      if outcome == "fail" and not failure_lines(tail):
+        # No test failed: the process died (a crash under load, say). Run it again; a
+        # mutation is caught only by a test that fails.
+        outcome, seconds, tail = run_pytest(cmd, tree, env, args.timeout)
+        if outcome == "fail" and not failure_lines(tail):
+          outcome = "crash"
     finally:
       path.write_text(source)
-    result = {"fail": "caught", "pass": "missed", "timeout": "timeout",
+    result = {"fail": "caught", "pass": "missed", "timeout": "timeout", "crash": "crash",
               "none": "caught"}[outcome]
     if outcome == "none":  # e.g. the mutation breaks an import: collection fails
       result = "caught"
     row.update(result=result, seconds=round(seconds, 1), baseline_seconds=round(base_s, 1))
-    if result == "caught":  # pytest's one-line summary of the first failure
-      lines = ([ln for ln in tail.splitlines() if ln.startswith(("FAILED", "ERROR"))] or
-               [ln for ln in tail.splitlines() if ln.startswith("E ") and ln[2:].strip()] or
-               tail.splitlines()[-1:] or [""])
-      row["detail"] = lines[0][:300]
+    if result in ("caught", "crash"):  # pytest's one-line summary of the first failure
+      row["detail"] = (failure_lines(tail) or tail.splitlines()[-1:] or [""])[0][:300]
     results.append(row)
     print(f"  {m.id:28s} {result:8s} {seconds:6.1f}s", flush=True)
   path = HERE / f"results_{args.label}.json"
@@ -195,12 +203,12 @@ def main() -> None:
 
 def summary(results: list[dict]) -> str:
   counts = {r: sum(x["result"] == r for x in results) for r in RESULT_ORDER}
-  scored = [x for x in results if not x.get("equivalent") and x["result"] in ("caught",
-                                                                              "missed", "timeout")]
-  caught = sum(x["result"] in ("caught", "timeout") for x in scored)
+  scored = [x for x in results if not x.get("equivalent") and x["result"] in (
+      "caught", "missed", "timeout", "crash")]
+  caught = sum(x["result"] in ("caught", "timeout", "crash") for x in scored)
   share = f"{caught}/{len(scored)} = {100 * caught / len(scored):.0f}%" if scored else "n/a"
   return (", ".join(f"{k}: {v}" for k, v in counts.items() if v) +
-          f"; non-equivalent caught (timeouts count as caught): {share}")
+          f"; non-equivalent caught (timeouts and crashes count as caught): {share}")
 
 
 def write_table() -> None:
