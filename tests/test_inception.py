@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffjax.evaluation import inception, inception_weights, metrics, torch_files
+from diffjax.evaluation import inception, inception_weights, metrics
+from diffjax.models import weight_files
 
 ASSETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "assets"
 TORCHSCRIPT = ASSETS / "inception" / "inception-2015-12-05-fid.torchscript.pt"
@@ -59,7 +60,7 @@ def test_half_pixel_resize_equals_torch_interpolate():
 @needs_assets
 def test_torch_free_reader_equals_torch():
   torch = pytest.importorskip("torch", reason="PyTorch not installed (requirements-test.txt)")
-  ours = torch_files.named_tensors(torch_files.load_zip_pickle(str(TORCHSCRIPT)))
+  ours = weight_files.flat_tensors(weight_files.read_torch(TORCHSCRIPT))
   ref = {k: v.numpy() for k, v in torch.jit.load(str(TORCHSCRIPT)).state_dict().items()}
   assert ours.keys() == ref.keys() and len(ref) == 376
   assert all(np.array_equal(ours[k], ref[k]) for k in ref)

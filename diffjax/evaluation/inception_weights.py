@@ -24,7 +24,8 @@ import urllib.request
 
 import numpy as np
 
-from diffjax.evaluation import inception, torch_files
+from diffjax.evaluation import inception
+from diffjax.models import weight_files
 
 CACHE_FILE = "inception_fid.npz"
 PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -106,16 +107,8 @@ def _from_pytorch_fid_names(t: dict[str, np.ndarray]) -> dict[str, dict[str, np.
 
 def convert(source: str) -> dict[str, dict[str, np.ndarray]]:
   """Reads a TorchScript or pytorch-fid weight file into ``{"Mixed_5b/branch1x1": {...}}``."""
-  try:
-    tensors = torch_files.named_tensors(torch_files.load_zip_pickle(source))
-  except ValueError:
-    try:
-      tensors = torch_files.load_with_torch(source)
-    except ImportError as e:
-      raise ValueError(f"{source} is not a zip-format PyTorch file; if it is a legacy one, "
-                       f"install torch once to convert it or use the TorchScript file") from e
-    except Exception as e:  # torch raises many types for files that are not weights
-      raise ValueError(f"{source}: not a readable PyTorch weight file ({e})") from e
+  # WeightImportError (a ValueError) names the file when it is not a readable PyTorch file
+  tensors = weight_files.flat_tensors(weight_files.read_torch(source))
   if any(".tower" in k or "layers.conv." in k for k in tensors):
     weights = _from_torchscript_names(tensors)
   elif any(k.startswith("Mixed_5b.") for k in tensors):

@@ -154,8 +154,10 @@ def _rebuild_parameter(data, *args):
   return data
 
 
-class _Namespace(dict):
-  """``argparse.Namespace`` as a dict (training checkpoints of DiT store their ``args``)."""
+class _AttributeDict(dict):
+  """An object unpickled as a dict of its attributes: ``argparse.Namespace`` (training
+  checkpoints of DiT store their ``args``) and TorchScript modules (``torch.jit.save`` files,
+  e.g. the FID Inception network)."""
 
   def __setstate__(self, state):
     self.update(state if isinstance(state, dict) else {"__state__": state})
@@ -169,6 +171,10 @@ class _Unpickler(pickle.Unpickler):
     self._dtypes = _storage_dtypes()
 
   def find_class(self, module: str, name: str):
+    if module.startswith("__torch__"):  # a scripted module's class
+      return _AttributeDict
+    if module == "torch.jit._pickle" and name.startswith("build_"):  # scripted lists etc.
+      return lambda x: x
     if module == "torch._utils" and name == "_rebuild_tensor_v2":
       return _rebuild_tensor
     if module == "torch._utils" and name == "_rebuild_parameter":
@@ -178,7 +184,7 @@ class _Unpickler(pickle.Unpickler):
     if module == "collections" and name == "OrderedDict":
       return collections.OrderedDict
     if module == "argparse" and name == "Namespace":
-      return _Namespace
+      return _AttributeDict
     if module == "copyreg" and name == "_reconstructor":  # how a plain object is pickled
       return lambda cls, base, state: cls()
     raise pickle.UnpicklingError(f"unexpected global {module}.{name} in a weight file")
@@ -194,8 +200,9 @@ class _Unpickler(pickle.Unpickler):
 
 
 def read_torch(path) -> Any:
-  """The object a zip-format ``torch.save`` file holds (usually a state dict), tensors as
-  numpy arrays; a legacy (non-zip) file is read through PyTorch when it is installed.
+  """The object a zip-format ``torch.save`` or ``torch.jit.save`` file holds (a state dict;
+  a scripted module as nested dicts of its attributes), tensors as numpy arrays; a legacy
+  (non-zip) file is read through PyTorch when it is installed.
 
   Raises:
     WeightImportError: no such file, not a PyTorch file, a global a state dict does not use.

@@ -61,7 +61,21 @@ def _num_levels(resolution: int) -> int:
   return n - 1  # 4x4 is level 0
 
 
-class ProGANGenerator(nn.Module):
+class _Levels:
+  """What both ProGAN networks derive from their ``resolution``, ``fmap_base``, ``fmap_max``:
+  the number of 2x levels from 4x4 and each stage's width."""
+
+  progressive = True  # the gan method grows (and fades in) networks that say so
+
+  @property
+  def num_levels(self) -> int:
+    return _num_levels(self.resolution)
+
+  def nf(self, stage: int) -> int:
+    return min(self.fmap_base // 2 ** stage, self.fmap_max)
+
+
+class ProGANGenerator(_Levels, nn.Module):
   """``(z [B, z_dim], labels, growth=(level, alpha)) -> images [B, R, R, channels]``
   (linear output; at levels below the last, nearest-upsampled from that level's size).
 
@@ -81,15 +95,6 @@ class ProGANGenerator(nn.Module):
   structure: str = "switch"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-
-  progressive = True
-
-  @property
-  def num_levels(self) -> int:
-    return _num_levels(self.resolution)
-
-  def nf(self, stage: int) -> int:
-    return min(self.fmap_base // 2 ** stage, self.fmap_max)
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -138,7 +143,7 @@ class ProGANGenerator(nn.Module):
     return _grown(self, growth, z, labels)
 
 
-class ProGANDiscriminator(nn.Module):
+class ProGANDiscriminator(_Levels, nn.Module):
   """``(images [B, R, R, C], labels, growth=(level, alpha)) -> logits [B]`` (the WGAN critic
   of the paper).
 
@@ -157,15 +162,6 @@ class ProGANDiscriminator(nn.Module):
   structure: str = "switch"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-
-  progressive = True
-
-  @property
-  def num_levels(self) -> int:
-    return _num_levels(self.resolution)
-
-  def nf(self, stage: int) -> int:
-    return min(self.fmap_base // 2 ** stage, self.fmap_max)
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
