@@ -70,7 +70,11 @@ def train(name: str, workdir: pathlib.Path, data: pathlib.Path, budget_s: float,
          "--config.train.num_steps=1000000", "--config.checkpoint.every_steps=25",
          "--config.checkpoint.keep=100000", "--config.logging.log_every=25",
          "--config.sample.every_steps=0", "--config.sample.at_end=False",
-         "--config.data.num_workers=0", f"--config.experiment=gan_vs_diffusion_{name}"]
+         "--config.data.num_workers=0", f"--config.experiment=gan_vs_diffusion_{name}",
+         # One XLA device for both cores: no cross-device collectives. With the default (one
+         # device per core) a DCGAN run here died once in an XLA:CPU all-reduce rendezvous
+         # timeout after its first checkpoint (see README).
+         "--nosplit_cpu"]
   start = time.time()
   before = os.times()
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
