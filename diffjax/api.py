@@ -31,11 +31,14 @@ _CHUNK = 256  # images per device call
 
 
 def _spec(config, mesh_devices: int) -> ExperimentSpec:
-  """The spec of ``config`` for inference on ``mesh_devices`` devices: the training mesh and
-  batch do not apply (a run trained on 8 devices loads on 1)."""
+  """The spec of ``config`` for inference on ``mesh_devices`` devices: the training mesh does
+  not apply (a run trained on 8 devices loads on 1). The training batch is kept where it
+  divides over these devices, so the method's own batch rules (a GAN's ``n_critic`` split)
+  still hold; otherwise it is scaled by the device count."""
   config = config.copy_and_resolve_references()
   config.mesh.update(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
-  config.data.batch_size = mesh_devices
+  if config.data.batch_size % mesh_devices:
+    config.data.batch_size *= mesh_devices
   config.train.grad_accum = 1
   return build_spec(config, num_devices=mesh_devices, check_network=False)
 

@@ -182,3 +182,16 @@ def test_bad_gan_config_lists_every_problem():
     build_spec(progressive, num_devices=1)
   with pytest.raises(ConfigError, match="loss_spike_factor: the WGAN critic's loss is signed"):
     build_spec(_config("progan", **{"faults.loss_spike_factor": 3.0}), num_devices=1)
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_a_gan_run_loads_for_inference_on_any_device_count(devices):
+  """diffjax.load rebuilds a run's spec for this host's devices: BigGAN's batch must still
+  split into its n_critic = 2 discriminator updates (inference on one device once set the
+  batch to 1 and refused the run)."""
+  from diffjax import api
+  config = _config("biggan")
+  assert config.gan.n_critic == 2
+  spec = api._spec(config, devices)
+  assert spec.data.batch_size % (2 * devices) == 0
+  assert spec.data.batch_size in (config.data.batch_size, config.data.batch_size * devices)
