@@ -118,7 +118,8 @@ def train(name: str, workdir: pathlib.Path, data: pathlib.Path, budget_s: float,
 
 
 def evaluate(names, runs: pathlib.Path, results: dict, n_final: int, seeds: int,
-             n_curve: int, curve_points: int) -> None:
+             n_curve: int, curve_points: int, out: pathlib.Path = HERE / "results.json",
+             grid_suffix: str = "") -> None:
   import jax
   import numpy as np
   import diffjax
@@ -165,7 +166,7 @@ def evaluate(names, runs: pathlib.Path, results: dict, n_final: int, seeds: int,
       s, x = score(model, n_final, 1000 + seed)
       per_seed.append(s)
       if seed == 0:
-        images.save_png(HERE / f"samples_{name}.png", images.make_grid(
+        images.save_png(HERE / f"samples_{name}{grid_suffix}.png", images.make_grid(
             x[:100], ncols=10, upscale=2))
     r["final"] = {k: _interval([p[k] for p in per_seed]) for k in per_seed[0]}
     picks = sorted(set(steps[int(round(i * (len(steps) - 1) / (curve_points - 1)))]
@@ -180,7 +181,7 @@ def evaluate(names, runs: pathlib.Path, results: dict, n_final: int, seeds: int,
       curve.append({"step": step, "wall_s": t, "fd": s["fd"], "kid": s["kid"]})
       print(f"[gan_vs_diffusion] {name} step {step} ({t}s): fd {s['fd']:.3g}", flush=True)
     r["curve"] = curve
-    (HERE / "results.json").write_text(json.dumps(results, indent=1))
+    out.write_text(json.dumps(results, indent=1))
 
 
 def _interval(values):
