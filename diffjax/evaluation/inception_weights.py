@@ -17,7 +17,6 @@ writes ``DIR/inception_fid.npz`` (default ``~/.cache/diffjax``, or ``$DIFFJAX_CA
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import urllib.request
@@ -54,18 +53,6 @@ _E = {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "bra
       "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
       "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"}
 _BLOCKS = [_A, _A, _A, _B, _C, _C, _C, _C, _D, _E, _E]
-
-
-def default_cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("DIFFJAX_CACHE", pathlib.Path.home() / ".cache" / "diffjax"))
-
-
-def _sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def _conv_entry(weight, beta, mean, var, gamma=None) -> dict[str, np.ndarray]:
@@ -191,7 +178,7 @@ def ensure(cache_dir: str | os.PathLike | None = None, source: str | None = None
     FileNotFoundError: no cached weights and nothing to convert; the message says which file to
       put where.
   """
-  cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  cache_dir = pathlib.Path(cache_dir) if cache_dir else weight_files.default_cache_dir()
   target = cache_dir / CACHE_FILE
   if target.exists():
     return target
@@ -205,19 +192,19 @@ def ensure(cache_dir: str | os.PathLike | None = None, source: str | None = None
                                                 cache_dir=cache_dir))
   if not os.path.exists(source):
     raise FileNotFoundError(f"Inception weight source {source} does not exist")
-  return save(convert(source), target, _sha256(source))
+  return save(convert(source), target, weight_files.sha256_file(source))
 
 
 def main(argv):
   from absl import flags
   del argv
   f = flags.FLAGS
-  cache = pathlib.Path(f.cache_dir) if f.cache_dir else default_cache_dir()
+  cache = pathlib.Path(f.cache_dir) if f.cache_dir else weight_files.default_cache_dir()
   target = cache / CACHE_FILE
   if target.exists() and not f.overwrite:
     print(f"{target} exists (use --overwrite to replace it)")
     return
-  path = save(convert(f.source), target, _sha256(f.source))
+  path = save(convert(f.source), target, weight_files.sha256_file(f.source))
   print(f"wrote {path}")
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -57,9 +56,9 @@ import numpy as np
 from diffjax.models.dit import DiT
 from diffjax.models.layers import sincos_2d_position_embedding
 from diffjax.models.unet import UNet
-from diffjax.models.weight_files import (WeightImportError, flatten, names, params_sha256,
-                                         read_tensors, sha256_file, strict_map, to_flax,
-                                         torch_shape, unflatten)
+from diffjax.models.weight_files import (WeightImportError, canonical_attention_names, flatten,
+                                         names, params_sha256, read_tensors, sha256_file,
+                                         strict_map, to_flax, torch_shape, unflatten)
 
 FORMATS = {
     "diffusers_unet": "diffusers UNet2DModel (DDPM checkpoints) -> UNet",
@@ -70,8 +69,6 @@ FORMATS = {
 }
 _NETWORK = {"diffusers_unet": UNet, "adm": UNet, "adm_new_attention_order": UNet,
             "diffusers_dit": DiT, "dit": DiT}
-# diffusers' deprecated attention names, as its own loader converts them.
-_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
 def abstract_params(module: nn.Module, x_shape: tuple[int, int, int]) -> dict:
@@ -417,18 +414,6 @@ def published_table(fmt: str, module: nn.Module,
 
 
 # --- import -------------------------------------------------------------------------------------
-def _canonical_diffusers(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  out = {}
-  for name, value in tensors.items():
-    m = re.match(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$", name)
-    new = f"{m.group(1)}{_LEGACY_ATTENTION[m.group(2)]}.{m.group(3)}" if m else name
-    if new in out:
-      raise WeightImportError(f"tensor {name!r} duplicates {new!r} (old and new attention "
-                              f"names in one file)")
-    out[new] = value
-  return out
-
-
 def _plan(fmt: str, module, shapes: dict, x_shape, tensors: dict) -> _Plan:
   if fmt == "diffusers_unet":
     return _diffusers_unet_plan(module, shapes, x_shape, tensors)
@@ -460,7 +445,7 @@ def convert(tensors: dict[str, np.ndarray], fmt: str, module: nn.Module,
     raise WeightImportError(f"format {fmt!r} imports into a {_NETWORK[fmt].__name__}, but the "
                             f"model is a {type(module).__name__}")
   if fmt == "diffusers_unet":
-    tensors = _canonical_diffusers(tensors)
+    tensors = canonical_attention_names(tensors)
   shapes = abstract_params(module, tuple(x_shape))
   plan = _plan(fmt, module, shapes, x_shape, tensors)
   expected = {name: torch_shape(shapes[p], kind) for p, (name, kind) in plan.direct.items()}

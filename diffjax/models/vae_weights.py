@@ -40,8 +40,6 @@ from diffjax.models.weight_files import (WeightImportError, default_cache_dir, f
                                          to_flax, torch_shape, unflatten)
 
 FORMAT = "diffjax-autoencoder"  # the .npz files of this module
-# diffusers' deprecated attention names (converted by its loader; accepted here the same way).
-_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 # Reading files, hashing and the strict name/shape check are shared with the denoiser importers
 # (diffjax.models.weight_files); the names stay importable from here.
 _names = names
@@ -87,19 +85,6 @@ def abstract_params(module: AutoencoderKL) -> dict:
   return nn.meta.unbox(variables["params"])
 
 
-def _canonical(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Deprecated attention names renamed to the current ones."""
-  out = {}
-  for name, value in tensors.items():
-    m = re.match(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$", name)
-    new = f"{m.group(1)}{_LEGACY_ATTENTION[m.group(2)]}.{m.group(3)}" if m else name
-    if new in out:
-      raise WeightImportError(f"tensor {name!r} duplicates {new!r} (old and new attention "
-                              f"names in one file)")
-    out[new] = value
-  return out
-
-
 def from_diffusers(tensors: dict[str, np.ndarray], module: AutoencoderKL, source: str = "") -> dict:
   """Flax parameters of ``module`` from diffusers-named tensors, strictly.
 
@@ -107,7 +92,7 @@ def from_diffusers(tensors: dict[str, np.ndarray], module: AutoencoderKL, source
     WeightImportError: tensors the network has no place for, parameters the file lacks, or
       shapes that differ; every offending name is listed (in diffusers' names).
   """
-  tensors = _canonical(tensors)
+  tensors = weight_files.canonical_attention_names(tensors)
   expected = {}
   for path, leaf in _flatten(abstract_params(module)):
     name, kind = diffusers_name(path)

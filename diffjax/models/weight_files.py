@@ -19,6 +19,7 @@ import math
 import os
 import pathlib
 import pickle
+import re
 import struct
 import zipfile
 from typing import Any, Callable, Iterable
@@ -45,6 +46,27 @@ def sha256_file(path) -> str:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()
+
+
+# diffusers' deprecated attention names (files saved before diffusers 0.15) -> current ones
+_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def canonical_attention_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """diffusers-named tensors with deprecated attention names renamed to the current ones.
+
+  Raises:
+    WeightImportError: a file holding both the old and the new name of one tensor.
+  """
+  out = {}
+  for name, value in tensors.items():
+    m = re.match(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$", name)
+    new = f"{m.group(1)}{_LEGACY_ATTENTION[m.group(2)]}.{m.group(3)}" if m else name
+    if new in out:
+      raise WeightImportError(f"tensor {name!r} duplicates {new!r} (old and new attention "
+                              f"names in one file)")
+    out[new] = value
+  return out
 
 
 def names(items: list[str], limit: int = 12) -> str:
