@@ -11,9 +11,7 @@ requirements-test*.txt, so they run there).
 
 import io
 import pathlib
-import sys
 import tarfile
-import types
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +21,7 @@ from PIL import Image
 
 from diffjax.evaluation import inception, inception_weights, metrics
 from diffjax.models import weight_files
+from torch_references import pytorch_fid_frechet
 
 ASSETS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "assets"
 TORCHSCRIPT = ASSETS / "inception" / "inception-2015-12-05-fid.torchscript.pt"
@@ -107,27 +106,8 @@ def test_flax_inception_features_equal_the_torchscript_network(flax_inception):
   assert len(sha) == 64
 
 
-def _pytorch_fid_frechet():
-  """pytorch-fid's own calculate_frechet_distance (torchvision is only needed for its model)."""
-  torch = pytest.importorskip("torch", reason="PyTorch not installed (requirements-test.txt)")
-  if "torchvision" not in sys.modules:
-    tv = types.ModuleType("torchvision")
-    tv.__version__ = "0.0"
-    tv.transforms = types.ModuleType("torchvision.transforms")
-    tv.models = types.ModuleType("torchvision.models")
-    tv.models.inception = types.ModuleType("torchvision.models.inception")
-    for name in ("InceptionA", "InceptionC", "InceptionE"):
-      setattr(tv.models.inception, name, torch.nn.Module)
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                        "torchvision.models": tv.models,
-                        "torchvision.models.inception": tv.models.inception})
-  fid_score = pytest.importorskip("pytorch_fid.fid_score",
-                                  reason="pytorch-fid not installed (requirements-test-nodeps.txt)")
-  return fid_score.calculate_frechet_distance
-
-
 def test_frechet_distance_equals_pytorch_fid_on_synthetic_features():
-  reference_fd = _pytorch_fid_frechet()
+  reference_fd = pytorch_fid_frechet()
   rng = np.random.default_rng(0)
   a = rng.normal(size=(400, 64)) @ rng.normal(size=(64, 64)) * 0.2
   b = rng.normal(size=(300, 64)) @ rng.normal(size=(64, 64)) * 0.25 + 0.1
@@ -137,7 +117,7 @@ def test_frechet_distance_equals_pytorch_fid_on_synthetic_features():
 
 @needs_assets
 def test_fid_between_real_image_sets_equals_pytorch_fid(flax_inception):
-  reference_fd = _pytorch_fid_frechet()
+  reference_fd = pytorch_fid_frechet()
   apply, params, _ = flax_inception
   with tarfile.open(CIFAR) as tar:
     members = sorted(m.name for m in tar.getmembers() if m.name.endswith(".jpg"))

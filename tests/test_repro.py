@@ -7,7 +7,6 @@ import json
 import pathlib
 import subprocess
 import sys
-import types
 
 import jax
 import numpy as np
@@ -18,35 +17,12 @@ from diffjax.evaluation import reference
 from diffjax.experiment import build_spec
 from diffjax.fields import ConfigError
 from launch_util import ROOT, subprocess_env, tiny_config
+from torch_references import pytorch_fid_frechet
 
 ASSETS = ROOT.parent / "shared" / "assets"
 INCEPTION = ASSETS / "inception" / "inception-2015-12-05-fid.torchscript.pt"
 needs_inception = pytest.mark.skipif(not INCEPTION.exists(),
                                      reason=f"shared assets absent ({INCEPTION})")
-
-
-def _pytorch_fid_frechet():
-  """pytorch-fid's calculate_frechet_distance (torchvision stubbed: only its model needs it)."""
-  torch = pytest.importorskip("torch", reason="PyTorch not installed (requirements-test.txt)")
-  stub = {}
-  if "torchvision" not in sys.modules:
-    tv = types.ModuleType("torchvision")
-    tv.__version__ = "0.0"
-    tv.transforms = types.ModuleType("torchvision.transforms")
-    tv.models = types.ModuleType("torchvision.models")
-    tv.models.inception = types.ModuleType("torchvision.models.inception")
-    for name in ("InceptionA", "InceptionC", "InceptionE"):
-      setattr(tv.models.inception, name, torch.nn.Module)
-    stub = {"torchvision": tv, "torchvision.transforms": tv.transforms,
-            "torchvision.models": tv.models, "torchvision.models.inception": tv.models.inception}
-    sys.modules.update(stub)
-  try:
-    fid_score = pytest.importorskip("pytorch_fid.fid_score", reason="pytorch-fid not installed "
-                                    "(requirements-test-nodeps.txt)")
-  finally:  # the stub would make diffusers believe torchvision is installed
-    for name in stub:
-      sys.modules.pop(name, None)
-  return fid_score.calculate_frechet_distance
 
 
 def _stats(seed, dims=128, n=400):
@@ -56,7 +32,7 @@ def _stats(seed, dims=128, n=400):
 
 
 def test_fid_between_published_files_equals_pytorch_fid(tmp_path):
-  frechet = _pytorch_fid_frechet()
+  frechet = pytorch_fid_frechet()
   mu1, s1 = _stats(1)
   mu2, s2 = _stats(2)
   np.savez(tmp_path / "edm.npz", mu=mu1, sigma=s1)  # EDM's fid.py ref layout
