@@ -5,7 +5,6 @@ a port of the official code), and the families' defining behaviours (ProGAN's fa
 BigGAN's shared embedding and hierarchical latents, StyleGAN2's truncation and mixing)."""
 
 import sys
-import types
 
 import flax.linen as nn
 import jax
@@ -13,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from diffjax import models
 from diffjax.models.gan import layers
+from diffjax.testing import torch_stylegan2
 
 
 def _count(variables) -> int:
@@ -141,51 +140,13 @@ def test_dcgan_outputs_equal_pytorch_with_the_same_weights():
   np.testing.assert_allclose(out_d, ref_d, rtol=1e-4, atol=1e-5)
 
 
-def _upfirdn2d_torch(input, kernel, up=1, down=1, pad=(0, 0)):
-  """upfirdn2d in plain PyTorch (zero insertion by reshape and F.pad, F.conv2d with the
-  flipped kernel), standing in for stylegan2-torch's CUDA op on this CPU-only machine."""
-  if not isinstance(up, int):
-    up = up[0]
-  if not isinstance(down, int):
-    down = down[0]
-  if len(pad) == 2:
-    pad = (pad[0], pad[1], pad[0], pad[1])
-  n, c, h, w = input.shape
-  x = input.reshape(n * c, 1, h, 1, w, 1)
-  x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1]).reshape(n * c, 1, h * up, w * up)
-  x = F.pad(x, [pad[0], pad[1], pad[2], pad[3]])
-  k = torch.flip(kernel, [0, 1]).view(1, 1, *kernel.shape).to(x.dtype)
-  out = F.conv2d(x, k)[:, :, ::down, ::down]
-  return out.reshape(n, c, out.shape[-2], out.shape[-1])
-
-
 @pytest.fixture(scope="module")
 def stylegan2_torch():
   """The ``stylegan2-torch`` package with its two compiled ops replaced by plain PyTorch: the
   package compiles CUDA kernels on import, which this CPU-only machine cannot."""
   pytest.importorskip("torch_conv_gradfix",
                       reason="torch-conv-gradfix (requirements-test-nodeps.txt) not installed")
-  up = types.ModuleType("stylegan2_torch.op.upfirdn2d")
-  up.upfirdn2d = _upfirdn2d_torch
-  act = types.ModuleType("stylegan2_torch.op.fused_act")
-
-  def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=2 ** 0.5):
-    if bias is not None:
-      x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
-    return F.leaky_relu(x, negative_slope) * scale
-
-  class FusedLeakyReLU(torch.nn.Module):
-    def __init__(self, channel, bias=True, negative_slope=0.2, scale=2 ** 0.5):
-      super().__init__()
-      self.bias = torch.nn.Parameter(torch.zeros(channel)) if bias else None
-      self.negative_slope, self.scale = negative_slope, scale
-
-    def forward(self, x):
-      return fused_leaky_relu(x, self.bias, self.negative_slope, self.scale)
-
-  act.fused_leaky_relu, act.FusedLeakyReLU = fused_leaky_relu, FusedLeakyReLU
-  saved = {k: sys.modules.get(k) for k in (up.__name__, act.__name__)}
-  sys.modules[up.__name__], sys.modules[act.__name__] = up, act
+  saved = torch_stylegan2.install_cpu_ops()
   try:
     yield pytest.importorskip(
         "stylegan2_torch", reason="stylegan2-torch (requirements-test-nodeps.txt) not installed")

@@ -32,13 +32,13 @@ import pathlib
 import platform
 import sys
 import time
-import types
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+from diffjax.testing import torch_stylegan2  # noqa: E402
 
 SIZES = {  # (resolution, StyleGAN2 channel_base, channel_max, z/w dim, batch;
            #  BigGAN resolution, ch, z_dim, batch)
@@ -105,49 +105,12 @@ def jax_step_rate(family: str, s: dict, warmup: int, steps: int) -> dict:
 
 
 # --- PyTorch: StyleGAN2 (stylegan2-torch) -------------------------------------------------------
-def _install_cpu_ops():
-  """stylegan2-torch's ops in plain PyTorch (its own would compile CUDA code on import)."""
-  import torch
-  import torch.nn.functional as F
-
-  def upfirdn2d(input, kernel, up=1, down=1, pad=(0, 0)):
-    up = up if isinstance(up, int) else up[0]
-    down = down if isinstance(down, int) else down[0]
-    pad = (pad[0], pad[1], pad[0], pad[1]) if len(pad) == 2 else pad
-    n, c, h, w = input.shape
-    x = input.reshape(n * c, 1, h, 1, w, 1)
-    x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1]).reshape(n * c, 1, h * up, w * up)
-    x = F.pad(x, list(pad))
-    k = torch.flip(kernel, [0, 1]).view(1, 1, *kernel.shape).to(x)
-    out = F.conv2d(x, k)[:, :, ::down, ::down]
-    return out.reshape(n, c, out.shape[-2], out.shape[-1])
-
-  def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=2 ** 0.5):
-    if bias is not None:
-      x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
-    return F.leaky_relu(x, negative_slope) * scale
-
-  class FusedLeakyReLU(torch.nn.Module):
-    def __init__(self, channel, bias=True, negative_slope=0.2, scale=2 ** 0.5):
-      super().__init__()
-      self.bias = torch.nn.Parameter(torch.zeros(channel)) if bias else None
-
-    def forward(self, x):
-      return fused_leaky_relu(x, self.bias)
-
-  up = types.ModuleType("stylegan2_torch.op.upfirdn2d")
-  up.upfirdn2d = upfirdn2d
-  act = types.ModuleType("stylegan2_torch.op.fused_act")
-  act.fused_leaky_relu, act.FusedLeakyReLU = fused_leaky_relu, FusedLeakyReLU
-  sys.modules[up.__name__], sys.modules[act.__name__] = up, act
-
-
 def torch_stylegan2_rate(s: dict, device: str, warmup: int, steps: int) -> dict:
   import copy
   import random
   import torch
   if device == "cpu":
-    _install_cpu_ops()
+    torch_stylegan2.install_cpu_ops()  # stylegan2-torch would compile CUDA ops on import
   import stylegan2_torch as sg
   dev = torch.device("cuda" if device == "gpu" else "cpu")
   res = s["sg_res"]
